@@ -1,0 +1,146 @@
+#!/usr/bin/env bash
+# Every test suite, as CI runs it (`make test` installs test deps, then runs this):
+#   1. build (make all)                    5. integration tests, ASan+UBSan broker
+#   2. unit tests                          6. integration tests, normal broker
+#   3. ASan+UBSan build (make asan)        7. fuzz targets (make fuzz), short runs
+#   4. unit tests under ASan+UBSan
+# Stops at the first failure and says which step failed.
+#
+# Knobs: FUZZ_SECONDS (per target, default 20), JOBS (make -j, default 2),
+#        PYTEST_ARGS (extra pytest arguments, e.g. "-x -k bad_input").
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+JOBS="${JOBS:-2}"
+FUZZ_SECONDS="${FUZZ_SECONDS:-20}"
+PYTHON=/usr/bin/python3          # Debian's interpreter: sees python3-kafka etc.
+read -r -a PYTEST_EXTRA <<< "${PYTEST_ARGS:-}"
+
+SAN_ASAN_OPTIONS="detect_leaks=1:abort_on_error=1"
+SAN_UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1"
+
+declare -a SUMMARY=()
+CURRENT=""
+STEP_T0=0
+RUN_T0=$(date +%s)
+
+banner() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
+
+begin() {
+  CURRENT="$1"
+  STEP_T0=$(date +%s)
+  banner "$CURRENT"
+}
+
+end() {
+  SUMMARY+=("$(printf 'PASS  %-52s %4ss' "$CURRENT" "$(( $(date +%s) - STEP_T0 ))")")
+  CURRENT=""
+}
+
+skip() {
+  SUMMARY+=("$(printf 'SKIP  %-52s %s' "$1" "$2")")
+  banner "SKIP $1: $2"
+}
+
+on_exit() {
+  local rc=$?
+  printf '\n\033[1m==> Summary\033[0m\n'
+  local line
+  for line in "${SUMMARY[@]+"${SUMMARY[@]}"}"; do printf '  %s\n' "$line"; done
+  if [[ $rc -ne 0 ]]; then
+    if [[ -n "$CURRENT" ]]; then
+      printf '  FAIL  %-52s %4ss\n' "$CURRENT" "$(( $(date +%s) - STEP_T0 ))"
+    fi
+    printf '\nTESTS FAILED (exit %d) after %ss\n' "$rc" "$(( $(date +%s) - RUN_T0 ))"
+  else
+    printf '\nALL TESTS PASSED in %ss\n' "$(( $(date +%s) - RUN_T0 ))"
+  fi
+}
+trap on_exit EXIT
+
+have_integration_tests() {
+  compgen -G "tests/integration/test_*.py" >/dev/null
+}
+
+run_integration() {  # $1 = broker binary
+  KAFSCALE_BROKER_BIN="$ROOT/$1" "$PYTHON" -m pytest -q -p no:cacheprovider \
+    tests/integration "${PYTEST_EXTRA[@]+"${PYTEST_EXTRA[@]}"}"
+}
+
+# --- 1-2: normal build and unit tests ---------------------------------------
+begin "build (make -j$JOBS all)"
+make -j"$JOBS" all
+end
+
+begin "unit tests (build/kafscale-unit-tests)"
+./build/kafscale-unit-tests
+end
+
+# --- 3-5: sanitizer build, unit + integration tests --------------------------
+begin "ASan+UBSan build (make asan -> build-asan/)"
+make -j"$JOBS" asan
+end
+
+export ASAN_OPTIONS="$SAN_ASAN_OPTIONS"
+export UBSAN_OPTIONS="$SAN_UBSAN_OPTIONS"
+
+begin "unit tests under ASan+UBSan"
+./build-asan/kafscale-unit-tests
+end
+
+if have_integration_tests; then
+  begin "integration tests, ASan+UBSan broker"
+  run_integration build-asan/kafscale-broker
+  end
+else
+  skip "integration tests, ASan+UBSan broker" "no tests/integration/test_*.py"
+fi
+
+unset ASAN_OPTIONS UBSAN_OPTIONS
+
+# --- 6: integration tests against the normal binary --------------------------
+if have_integration_tests; then
+  begin "integration tests, normal broker"
+  run_integration build/kafscale-broker
+  end
+else
+  skip "integration tests, normal broker" "no tests/integration/test_*.py"
+fi
+
+# --- 7: fuzzing --------------------------------------------------------------
+if compgen -G "tests/fuzz/*.c" >/dev/null; then
+  begin "fuzz targets build (make fuzz)"
+  make -j"$JOBS" fuzz
+  end
+
+  export ASAN_OPTIONS="$SAN_ASAN_OPTIONS"
+  export UBSAN_OPTIONS="$SAN_UBSAN_OPTIONS"
+  for src in tests/fuzz/*.c; do
+    name="$(basename "$src" .c)"
+    bin="build/fuzz/$name"
+    begin "fuzz $name (${FUZZ_SECONDS}s)"
+    # New inputs go to a scratch corpus (first dir); the committed seed
+    # corpus (second dir) is only read. Crashes land in build/fuzz-artifacts/.
+    work="build/fuzz-work/$name"
+    arts="build/fuzz-artifacts/$name"
+    mkdir -p "$work" "$arts"
+    corpora=("$work")
+    [[ -d "tests/fuzz/corpus/$name" ]] && corpora+=("tests/fuzz/corpus/$name")
+    log="build/fuzz-work/$name.log"
+    if ! "$bin" -max_total_time="$FUZZ_SECONDS" -timeout=10 -rss_limit_mb=2048 \
+         -print_final_stats=1 -artifact_prefix="$arts/" "${corpora[@]}" >"$log" 2>&1; then
+      echo "--- fuzz $name failed; last 60 lines of $log ---"
+      tail -n 60 "$log"
+      echo "--- crashing inputs: $arts/ (reproduce: $bin <file>) ---"
+      ls -l "$arts" || true
+      exit 1
+    fi
+    grep -E '^(stat::number_of_executed_units|stat::new_units_added|Done )' "$log" || true
+    end
+  done
+  unset ASAN_OPTIONS UBSAN_OPTIONS
+else
+  skip "fuzz targets" "no tests/fuzz/*.c"
+fi

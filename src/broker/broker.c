@@ -1,0 +1,116 @@
+/*
+ * broker.c — start-up and shutdown order.
+ *
+ * Start: metadata store -> typed metadata (cluster id, topics) -> worker
+ * pool -> network server.  Stop runs the reverse: the worker pool first
+ * drains queued blocking work (whose completions the still-running I/O
+ * loops deliver), then the server closes every connection, then the
+ * metadata layers close.
+ */
+#include "broker/broker.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "util/log.h"
+
+static int make_dir(const char *path)
+{
+        char buf[1024];
+        snprintf(buf, sizeof(buf), "%s", path);
+        for (char *p = buf + 1; *p; p++) {
+                if (*p != '/')
+                        continue;
+                *p = '\0';
+                if (mkdir(buf, 0755) != 0 && errno != EEXIST)
+                        return -1;
+                *p = '/';
+        }
+        if (mkdir(buf, 0755) != 0 && errno != EEXIST)
+                return -1;
+        return 0;
+}
+
+static int open_metadata_store(ks_broker_t *b)
+{
+        const ks_config_t *cfg = b->cfg;
+        ks_err_t err;
+        if (cfg->memory_metadata) {
+                b->mode = "memory";
+                err = ks_kv_memory_new(ks_clock_system(), &b->kv);
+                if (err) {
+                        ks_log_error("metadata_store_failed", "backend=memory err=%s", ks_err_name(err));
+                        return -1;
+                }
+                return 0;
+        }
+        b->mode = "embedded";
+        if (make_dir(cfg->data_dir) != 0) {
+                ks_log_error("data_dir_unusable", "dir=\"%s\" errno=%d err=\"%s\" fix=\"set KAFSCALE_DATA_DIR to a "
+                                                  "writable directory\"",
+                             cfg->data_dir, errno, strerror(errno));
+                return -1;
+        }
+        char path[1200];
+        snprintf(path, sizeof(path), "%s/metadata.db", cfg->data_dir);
+        err = ks_kv_sqlite_open(path, ks_clock_system(), &b->kv);
+        if (err) {
+                ks_log_error("metadata_store_failed", "backend=sqlite path=\"%s\" err=%s fix=\"check that "
+                                                      "KAFSCALE_DATA_DIR is writable and not used by another broker\"",
+                             path, ks_err_name(err));
+                return -1;
+        }
+        return 0;
+}
+
+int ks_broker_start(ks_broker_t *b, const ks_config_t *cfg)
+{
+        memset(b, 0, sizeof(*b));
+        b->cfg = cfg;
+        if (open_metadata_store(b) != 0)
+                goto fail;
+        ks_err_t err = ks_meta_open(b->kv, &b->meta);
+        if (err) {
+                ks_log_error("metadata_open_failed", "err=%s", ks_err_name(err));
+                goto fail;
+        }
+        b->workq = ks_workq_new("ks-work", 4);
+        if (!b->workq)
+                goto fail;
+        b->server = ks_server_new(cfg, ks_broker_dispatch, b);
+        if (!b->server || ks_server_start(b->server) != 0)
+                goto fail;
+        ks_log_info("broker_started",
+                    "mode=%s broker_id=%d listener=%s:%d advertised=%s:%d metadata=%s%s%s io_threads=%d "
+                    "cluster_id=%s",
+                    b->mode, cfg->broker_id, cfg->listen_host[0] ? cfg->listen_host : "0.0.0.0",
+                    ks_server_port(b->server), cfg->advertised_host, cfg->advertised_port, b->kv->ops->name,
+                    cfg->memory_metadata ? "" : ":", cfg->memory_metadata ? "" : cfg->data_dir, cfg->io_threads,
+                    ks_meta_cluster_id(b->meta));
+        return 0;
+fail:
+        ks_broker_stop(b);
+        return -1;
+}
+
+void ks_broker_stop(ks_broker_t *b)
+{
+        if (b->workq) {
+                ks_workq_destroy(b->workq);
+                b->workq = NULL;
+        }
+        if (b->server) {
+                ks_server_destroy(b->server);
+                b->server = NULL;
+        }
+        if (b->meta) {
+                ks_meta_close(b->meta);
+                b->meta = NULL;
+        }
+        if (b->kv) {
+                ks_kv_destroy(b->kv);
+                b->kv = NULL;
+        }
+}

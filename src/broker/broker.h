@@ -1,0 +1,74 @@
+/*
+ * broker.h — the broker: wires configuration, metadata store, worker pool
+ * and network server together, and dispatches requests to the API handlers.
+ *
+ * Request flow: server (net/server.c) frames a request and calls
+ * ks_broker_dispatch() on the connection's I/O thread; the dispatcher checks
+ * the API key and version against the handler table (dispatch.c, the single
+ * source of what ApiVersions advertises), decodes the body into the request
+ * arena and calls the handler.  A handler answers at once on the I/O thread,
+ * or moves blocking work to the worker pool and answers from there
+ * (ks_req_respond() is thread-safe).
+ */
+#ifndef KS_BROKER_BROKER_H
+#define KS_BROKER_BROKER_H
+
+#include "config/config.h"
+#include "meta/kv.h"
+#include "meta/metadata.h"
+#include "net/server.h"
+#include "net/workq.h"
+
+typedef struct ks_broker {
+        const ks_config_t *cfg; /* borrowed; outlives the broker */
+        ks_kv_t *kv;            /* owned */
+        ks_meta_t *meta;        /* owned */
+        ks_workq_t *workq;      /* owned: blocking metadata work */
+        ks_server_t *server;    /* owned */
+        const char *mode;       /* "embedded" or "memory" */
+} ks_broker_t;
+
+/* Opens the backends and starts serving.  0, or -1 after logging what is
+ * wrong and how to fix it. */
+int ks_broker_start(ks_broker_t *b, const ks_config_t *cfg);
+
+/* Stops serving: finishes queued blocking work, closes connections, closes
+ * the backends. */
+void ks_broker_stop(ks_broker_t *b);
+
+/* A request handler: owns `req` until it completes it. */
+typedef void(ks_handler_fn)(ks_broker_t *b, ks_req_t *req);
+
+/* One row of the handler table. */
+typedef struct ks_handler {
+        int16_t api_key;
+        int16_t min_version, max_version; /* what we implement and advertise */
+        ks_handler_fn *fn;
+} ks_handler_t;
+
+/* The handler table and the APIs advertised as unsupported (-1/-1). */
+extern const ks_handler_t ks_handlers[];
+extern const int ks_handlers_count;
+extern const int16_t ks_unsupported_apis[];
+extern const int ks_unsupported_apis_count;
+
+const ks_handler_t *ks_handler_find(int16_t api_key);
+
+/* Server entry point (ks_dispatch_fn). */
+void ks_broker_dispatch(void *ctx, ks_req_t *req);
+
+/* Runs fn(b, req) on the worker pool; on failure to queue, answers nothing
+ * and closes the connection (logged). */
+void ks_broker_offload(ks_broker_t *b, ks_req_t *req, ks_handler_fn *fn);
+
+/* Handlers (one file per API family). */
+void ks_handle_api_versions(ks_broker_t *b, ks_req_t *req);
+void ks_handle_metadata(ks_broker_t *b, ks_req_t *req);
+void ks_handle_create_topics(ks_broker_t *b, ks_req_t *req);
+void ks_handle_delete_topics(ks_broker_t *b, ks_req_t *req);
+void ks_handle_describe_cluster(ks_broker_t *b, ks_req_t *req);
+
+/* Builds the ApiVersions response body into `resp` (arena-allocated arrays). */
+void ks_api_versions_fill(ks_req_t *req, void *resp);
+
+#endif

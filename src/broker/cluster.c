@@ -1,0 +1,227 @@
+/*
+ * cluster.c — Metadata and DescribeCluster: what the cluster looks like.
+ *
+ * Metadata answers from the in-memory topic registry on the I/O thread,
+ * unless it must auto-create topics first; then the whole request moves to
+ * the worker pool.
+ *
+ * Replicas: durability comes from object storage, not from copies on other
+ * brokers, so every partition reports exactly one replica — its leader — in
+ * ReplicaNodes and IsrNodes, whatever replication factor the topic was
+ * created with (that value is kept in the topic's config).
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "broker/broker.h"
+#include "protocol/gen/kafka_msgs.h"
+#include "util/log.h"
+
+/* Kafka AclOperation codes allowed on a topic and on the cluster (there is
+ * no authorizer: everything is allowed). */
+#define TOPIC_OPS ((1 << 3) | (1 << 4) | (1 << 5) | (1 << 6) | (1 << 7) | (1 << 8) | (1 << 10) | (1 << 11))
+#define CLUSTER_OPS ((1 << 4) | (1 << 5) | (1 << 7) | (1 << 8) | (1 << 9) | (1 << 10) | (1 << 11) | (1 << 12))
+
+/* Should this requested topic be auto-created? */
+static bool wants_auto_create(const ks_broker_t *b, const ks_MetadataRequest *rq, int16_t version,
+                              const ks_MetadataRequest_MetadataRequestTopic *t)
+{
+        bool allow = version < 4 || rq->AllowAutoTopicCreation;
+        if (!allow || !b->cfg->auto_create_topics || ks_str_is_null(t->Name))
+                return false;
+        if (ks_topic_name_invalid(t->Name))
+                return false;
+        ks_topic_t tmp;
+        return !ks_meta_topic_get(b->meta, t->Name, &tmp);
+}
+
+static bool all_topics_requested(const ks_MetadataRequest *rq, int16_t version)
+{
+        return rq->Topics.count < 0 || (version == 0 && rq->Topics.count == 0);
+}
+
+static void fill_topic(ks_req_t *req, ks_MetadataResponse_MetadataResponseTopic *mt, const ks_topic_t *t,
+                       int32_t leader, const int32_t *replicas, bool include_ops)
+{
+        mt->ErrorCode = 0;
+        mt->Name = ks_arena_str(&req->arena, "%s", t->name);
+        mt->TopicId = t->id;
+        mt->IsInternal = false;
+        if (include_ops)
+                mt->TopicAuthorizedOperations = TOPIC_OPS;
+        ks_MetadataResponse_MetadataResponsePartition *ps =
+                ks_msg_new_array(&ks_MetadataResponse_MetadataResponsePartition_desc, t->partitions, &req->arena);
+        if (!ps) {
+                mt->ErrorCode = KS_ERR_UNKNOWN_SERVER_ERROR;
+                return;
+        }
+        for (int32_t p = 0; p < t->partitions; p++) {
+                ps[p].ErrorCode = 0;
+                ps[p].PartitionIndex = p;
+                ps[p].LeaderId = leader;
+                ps[p].LeaderEpoch = 0;
+                ps[p].ReplicaNodes.items = (int32_t *)replicas;
+                ps[p].ReplicaNodes.count = 1;
+                ps[p].IsrNodes.items = (int32_t *)replicas;
+                ps[p].IsrNodes.count = 1;
+                ps[p].OfflineReplicas.count = 0;
+        }
+        mt->Partitions.items = ps;
+        mt->Partitions.count = t->partitions;
+}
+
+/* Builds and sends the response (any thread). */
+static void metadata_respond(ks_broker_t *b, ks_req_t *req)
+{
+        const ks_MetadataRequest *rq = req->request;
+        int16_t version = req->hdr.RequestApiVersion;
+        const ks_config_t *cfg = b->cfg;
+        ks_MetadataResponse *resp = ks_msg_new(&ks_MetadataResponse_desc, &req->arena);
+        ks_MetadataResponse_MetadataResponseBroker *brokers =
+                ks_msg_new_array(&ks_MetadataResponse_MetadataResponseBroker_desc, 1, &req->arena);
+        int32_t *replicas = ks_array_new(sizeof(int32_t), 1, &req->arena);
+        if (!resp || !brokers || !replicas) {
+                ks_req_close(req, "out of memory");
+                return;
+        }
+        brokers[0].NodeId = cfg->broker_id;
+        brokers[0].Host = ks_str_c(cfg->advertised_host);
+        brokers[0].Port = cfg->advertised_port;
+        brokers[0].Rack = KS_STR_NULL;
+        resp->Brokers.items = brokers;
+        resp->Brokers.count = 1;
+        resp->ClusterId = ks_str_c(ks_meta_cluster_id(b->meta));
+        resp->ControllerId = cfg->broker_id;
+        if (rq->IncludeClusterAuthorizedOperations)
+                resp->ClusterAuthorizedOperations = CLUSTER_OPS;
+        replicas[0] = cfg->broker_id;
+        bool ops = rq->IncludeTopicAuthorizedOperations;
+
+        if (all_topics_requested(rq, version)) {
+                ks_topic_t *all = NULL;
+                int n = ks_meta_topics_snapshot(b->meta, &all);
+                ks_MetadataResponse_MetadataResponseTopic *mts =
+                        n >= 0 ? ks_msg_new_array(&ks_MetadataResponse_MetadataResponseTopic_desc, n, &req->arena)
+                               : NULL;
+                if (!mts) {
+                        free(all);
+                        ks_req_close(req, "out of memory");
+                        return;
+                }
+                for (int i = 0; i < n; i++)
+                        fill_topic(req, &mts[i], &all[i], cfg->broker_id, replicas, ops);
+                free(all);
+                resp->Topics.items = mts;
+                resp->Topics.count = n;
+                ks_req_respond(req, resp);
+                return;
+        }
+
+        int32_t n = rq->Topics.count;
+        ks_MetadataResponse_MetadataResponseTopic *mts =
+                ks_msg_new_array(&ks_MetadataResponse_MetadataResponseTopic_desc, n, &req->arena);
+        if (!mts) {
+                ks_req_close(req, "out of memory");
+                return;
+        }
+        for (int32_t i = 0; i < n; i++) {
+                const ks_MetadataRequest_MetadataRequestTopic *q = &rq->Topics.items[i];
+                ks_MetadataResponse_MetadataResponseTopic *mt = &mts[i];
+                ks_topic_t t;
+                mt->Name = q->Name;
+                mt->TopicId = q->TopicId;
+                mt->Partitions.count = 0;
+                if (ks_str_is_null(q->Name)) {
+                        if (version >= 10 && !ks_uuid_is_zero(&q->TopicId) &&
+                            ks_meta_topic_get_by_id(b->meta, q->TopicId, &t))
+                                fill_topic(req, mt, &t, cfg->broker_id, replicas, ops);
+                        else
+                                mt->ErrorCode = KS_ERR_UNKNOWN_TOPIC_ID;
+                } else if (ks_topic_name_invalid(q->Name)) {
+                        mt->ErrorCode = KS_ERR_INVALID_TOPIC_EXCEPTION;
+                } else if (ks_meta_topic_get(b->meta, q->Name, &t)) {
+                        fill_topic(req, mt, &t, cfg->broker_id, replicas, ops);
+                } else {
+                        mt->ErrorCode = KS_ERR_UNKNOWN_TOPIC_OR_PARTITION;
+                }
+        }
+        resp->Topics.items = mts;
+        resp->Topics.count = n;
+        ks_req_respond(req, resp);
+}
+
+/* Worker: auto-create the missing topics, then answer. */
+static void metadata_auto_create_work(ks_broker_t *b, ks_req_t *req)
+{
+        const ks_MetadataRequest *rq = req->request;
+        for (int32_t i = 0; i < rq->Topics.count; i++) {
+                const ks_MetadataRequest_MetadataRequestTopic *q = &rq->Topics.items[i];
+                if (!wants_auto_create(b, rq, req->hdr.RequestApiVersion, q))
+                        continue;
+                ks_topic_t t;
+                memset(&t, 0, sizeof(t));
+                memcpy(t.name, q->Name.ptr, (size_t)q->Name.len);
+                t.partitions = b->cfg->default_partitions;
+                t.replication_factor = 1;
+                t.retention_ms = KS_DEFAULT_RETENTION_MS;
+                t.retention_bytes = KS_DEFAULT_RETENTION_BYTES;
+                t.segment_bytes = KS_DEFAULT_SEGMENT_BYTES;
+                ks_err_t err = ks_meta_topic_create(b->meta, &t);
+                if (err && err != KS_ERR__EXISTS)
+                        ks_log_warn("topic_auto_create_failed", "topic=%s err=%s", t.name, ks_err_name(err));
+        }
+        metadata_respond(b, req);
+}
+
+void ks_handle_metadata(ks_broker_t *b, ks_req_t *req)
+{
+        const ks_MetadataRequest *rq = req->request;
+        int16_t version = req->hdr.RequestApiVersion;
+        if (!all_topics_requested(rq, version)) {
+                for (int32_t i = 0; i < rq->Topics.count; i++) {
+                        if (wants_auto_create(b, rq, version, &rq->Topics.items[i])) {
+                                ks_broker_offload(b, req, metadata_auto_create_work);
+                                return;
+                        }
+                }
+        }
+        metadata_respond(b, req);
+}
+
+/* --- DescribeCluster ------------------------------------------------------- */
+
+void ks_handle_describe_cluster(ks_broker_t *b, ks_req_t *req)
+{
+        const ks_DescribeClusterRequest *rq = req->request;
+        const ks_config_t *cfg = b->cfg;
+        ks_DescribeClusterResponse *resp = ks_msg_new(&ks_DescribeClusterResponse_desc, &req->arena);
+        if (!resp) {
+                ks_req_close(req, "out of memory");
+                return;
+        }
+        resp->EndpointType = rq->EndpointType;
+        if (req->hdr.RequestApiVersion >= 1 && rq->EndpointType != 1) {
+                /* Only broker endpoints exist: there are no controllers. */
+                resp->ErrorCode = KS_ERR_UNSUPPORTED_ENDPOINT_TYPE;
+                resp->ErrorMessage = KS_STR("Only broker endpoints (EndpointType 1) are available.");
+                ks_req_respond(req, resp);
+                return;
+        }
+        ks_DescribeClusterResponse_DescribeClusterBroker *br =
+                ks_msg_new_array(&ks_DescribeClusterResponse_DescribeClusterBroker_desc, 1, &req->arena);
+        if (!br) {
+                ks_req_close(req, "out of memory");
+                return;
+        }
+        br[0].BrokerId = cfg->broker_id;
+        br[0].Host = ks_str_c(cfg->advertised_host);
+        br[0].Port = cfg->advertised_port;
+        br[0].Rack = KS_STR_NULL;
+        resp->Brokers.items = br;
+        resp->Brokers.count = 1;
+        resp->ClusterId = ks_str_c(ks_meta_cluster_id(b->meta));
+        resp->ControllerId = cfg->broker_id;
+        if (rq->IncludeClusterAuthorizedOperations)
+                resp->ClusterAuthorizedOperations = CLUSTER_OPS;
+        ks_req_respond(req, resp);
+}

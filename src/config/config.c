@@ -1,0 +1,259 @@
+#include "config/config.h"
+
+#include <errno.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+extern char **environ;
+
+typedef enum { T_ADDR, T_STR, T_INT, T_BOOL, T_LEVEL } var_type_t;
+
+typedef struct var {
+        const char *name;
+        const char *def;
+        var_type_t type;
+        int64_t min, max; /* T_INT */
+        const char *help;
+} var_t;
+
+/* The configuration surface.  Keep README.md's table in step with this. */
+static const var_t vars[] = {
+        { "KAFSCALE_BROKER_ADDR", ":9092", T_ADDR, 0, 0,
+          "Kafka listener, host:port (\":9092\" = all interfaces)" },
+        { "KAFSCALE_BROKER_HOST", "", T_STR, 0, 0,
+          "Advertised host (default: the listen host, or this machine's hostname when listening on all interfaces)" },
+        { "KAFSCALE_BROKER_PORT", "0", T_INT, 0, 65535, "Advertised port (default: the listen port)" },
+        { "KAFSCALE_BROKER_ID", "0", T_INT, 0, INT32_MAX, "Broker node id" },
+        { "KAFSCALE_METRICS_ADDR", ":9093", T_ADDR, 0, 0, "HTTP listener for metrics and health, host:port" },
+        { "KAFSCALE_DATA_DIR", "./kafscale-data", T_STR, 0, 0,
+          "Embedded mode: directory holding the SQLite metadata and the local object store" },
+        { "KAFSCALE_USE_MEMORY_METADATA", "0", T_BOOL, 0, 0,
+          "Keep metadata in process memory (lost on exit; tests and demos)" },
+        { "KAFSCALE_ETCD_ENDPOINTS", "", T_STR, 0, 0, "Comma-separated etcd endpoints (cluster mode)" },
+        { "KAFSCALE_AUTO_CREATE_TOPICS", "1", T_BOOL, 0, 0,
+          "Create unknown topics on Metadata requests that allow it" },
+        { "KAFSCALE_DEFAULT_PARTITIONS", "1", T_INT, 1, 100000,
+          "Partitions of a topic created with -1 partitions or auto-created" },
+        { "KAFSCALE_LOG_LEVEL", "info", T_LEVEL, 0, 0, "debug, info, warn or error" },
+        { "KAFSCALE_IO_THREADS", "0", T_INT, 0, 256, "Network threads (0 = one per CPU core)" },
+        { "KAFSCALE_MAX_REQUEST_BYTES", "104857600", T_INT, 1024, INT32_MAX,
+          "Largest request frame accepted; a larger one closes the connection" },
+        { "KAFSCALE_CONNECTION_IDLE_MS", "600000", T_INT, 100, INT64_MAX / 2,
+          "Close connections idle for this long" },
+        { "KAFSCALE_MAX_CONNECTIONS", "10000", T_INT, 1, 1000000, "Maximum open client connections" },
+        { "KAFSCALE_MAX_INFLIGHT_PER_CONNECTION", "64", T_INT, 1, 4096,
+          "Requests read ahead from one connection before its responses are written" },
+};
+
+#define N_VARS (sizeof(vars) / sizeof(vars[0]))
+
+static const char *var_value(const var_t *v)
+{
+        const char *s = getenv(v->name);
+        return s ? s : v->def;
+}
+
+static int parse_int(const var_t *v, const char *s, int64_t *out, char *err, size_t errlen)
+{
+        char *end;
+        errno = 0;
+        long long x = strtoll(s, &end, 10);
+        if (errno || end == s || *end != '\0' || x < v->min || x > v->max) {
+                snprintf(err, errlen, "%s=\"%s\" is not valid: expected an integer from %lld to %lld", v->name, s,
+                         (long long)v->min, (long long)v->max);
+                return -1;
+        }
+        *out = x;
+        return 0;
+}
+
+static int parse_bool(const var_t *v, const char *s, bool *out, char *err, size_t errlen)
+{
+        if (!strcmp(s, "1") || !strcasecmp(s, "true") || !strcasecmp(s, "yes") || !strcasecmp(s, "on")) {
+                *out = true;
+                return 0;
+        }
+        if (!strcmp(s, "0") || !strcasecmp(s, "false") || !strcasecmp(s, "no") || !strcasecmp(s, "off")) {
+                *out = false;
+                return 0;
+        }
+        snprintf(err, errlen, "%s=\"%s\" is not valid: expected true/false (or 1/0)", v->name, s);
+        return -1;
+}
+
+/* host:port, [v6]:port or :port. */
+static int parse_addr(const var_t *v, const char *s, char *host, size_t hostlen, int *port, char *err,
+                      size_t errlen)
+{
+        const char *colon = strrchr(s, ':');
+        if (!colon)
+                goto bad;
+        size_t hl = (size_t)(colon - s);
+        const char *h = s;
+        if (hl >= 2 && h[0] == '[' && h[hl - 1] == ']') {
+                h++;
+                hl -= 2;
+        }
+        if (hl >= hostlen)
+                goto bad;
+        memcpy(host, h, hl);
+        host[hl] = '\0';
+        char *end;
+        errno = 0;
+        long p = strtol(colon + 1, &end, 10);
+        if (errno || end == colon + 1 || *end || p < 0 || p > 65535)
+                goto bad;
+        *port = (int)p;
+        return 0;
+bad:
+        snprintf(err, errlen, "%s=\"%s\" is not valid: expected host:port, [ipv6]:port or :port", v->name, s);
+        return -1;
+}
+
+static const var_t *find_var(const char *name)
+{
+        for (size_t i = 0; i < N_VARS; i++)
+                if (!strcmp(vars[i].name, name))
+                        return &vars[i];
+        return NULL;
+}
+
+static int get_int(const char *name, int64_t *out, char *err, size_t errlen)
+{
+        const var_t *v = find_var(name);
+        return parse_int(v, var_value(v), out, err, errlen);
+}
+
+static int get_bool(const char *name, bool *out, char *err, size_t errlen)
+{
+        const var_t *v = find_var(name);
+        return parse_bool(v, var_value(v), out, err, errlen);
+}
+
+static int get_str(const char *name, char *out, size_t outlen, char *err, size_t errlen)
+{
+        const var_t *v = find_var(name);
+        const char *s = var_value(v);
+        if (strlen(s) >= outlen) {
+                snprintf(err, errlen, "%s is too long (at most %zu characters)", name, outlen - 1);
+                return -1;
+        }
+        strcpy(out, s);
+        return 0;
+}
+
+int ks_config_from_env(ks_config_t *cfg, char *err, size_t errlen)
+{
+        memset(cfg, 0, sizeof(*cfg));
+        int64_t x;
+        const var_t *v;
+
+        v = find_var("KAFSCALE_BROKER_ADDR");
+        if (parse_addr(v, var_value(v), cfg->listen_host, sizeof(cfg->listen_host), &cfg->listen_port, err,
+                       errlen))
+                return -1;
+        v = find_var("KAFSCALE_METRICS_ADDR");
+        if (parse_addr(v, var_value(v), cfg->metrics_host, sizeof(cfg->metrics_host), &cfg->metrics_port, err,
+                       errlen))
+                return -1;
+        if (get_str("KAFSCALE_BROKER_HOST", cfg->advertised_host, sizeof(cfg->advertised_host), err, errlen))
+                return -1;
+        if (get_int("KAFSCALE_BROKER_PORT", &x, err, errlen))
+                return -1;
+        cfg->advertised_port = (int)x;
+        if (get_int("KAFSCALE_BROKER_ID", &x, err, errlen))
+                return -1;
+        cfg->broker_id = (int32_t)x;
+        if (get_str("KAFSCALE_DATA_DIR", cfg->data_dir, sizeof(cfg->data_dir), err, errlen))
+                return -1;
+        if (get_bool("KAFSCALE_USE_MEMORY_METADATA", &cfg->memory_metadata, err, errlen))
+                return -1;
+        if (get_str("KAFSCALE_ETCD_ENDPOINTS", cfg->etcd_endpoints, sizeof(cfg->etcd_endpoints), err, errlen))
+                return -1;
+        if (get_bool("KAFSCALE_AUTO_CREATE_TOPICS", &cfg->auto_create_topics, err, errlen))
+                return -1;
+        if (get_int("KAFSCALE_DEFAULT_PARTITIONS", &x, err, errlen))
+                return -1;
+        cfg->default_partitions = (int32_t)x;
+        v = find_var("KAFSCALE_LOG_LEVEL");
+        if (ks_log_parse_level(var_value(v), &cfg->log_level) != 0) {
+                snprintf(err, errlen, "KAFSCALE_LOG_LEVEL=\"%s\" is not valid: expected debug, info, warn or error",
+                         var_value(v));
+                return -1;
+        }
+        if (get_int("KAFSCALE_IO_THREADS", &x, err, errlen))
+                return -1;
+        cfg->io_threads = (int)x;
+        if (cfg->io_threads == 0) {
+                long n = sysconf(_SC_NPROCESSORS_ONLN);
+                cfg->io_threads = n > 0 ? (int)(n > 64 ? 64 : n) : 1;
+        }
+        if (get_int("KAFSCALE_MAX_REQUEST_BYTES", &cfg->max_request_bytes, err, errlen))
+                return -1;
+        if (get_int("KAFSCALE_CONNECTION_IDLE_MS", &cfg->idle_timeout_ms, err, errlen))
+                return -1;
+        if (get_int("KAFSCALE_MAX_CONNECTIONS", &x, err, errlen))
+                return -1;
+        cfg->max_connections = (int)x;
+        if (get_int("KAFSCALE_MAX_INFLIGHT_PER_CONNECTION", &x, err, errlen))
+                return -1;
+        cfg->max_inflight_per_conn = (int)x;
+
+        if (cfg->listen_port == 0) {
+                snprintf(err, errlen, "KAFSCALE_BROKER_ADDR needs a port other than 0");
+                return -1;
+        }
+        if (cfg->advertised_port == 0)
+                cfg->advertised_port = cfg->listen_port;
+        if (cfg->advertised_host[0] == '\0') {
+                if (cfg->listen_host[0] && strcmp(cfg->listen_host, "0.0.0.0") && strcmp(cfg->listen_host, "::")) {
+                        snprintf(cfg->advertised_host, sizeof(cfg->advertised_host), "%s", cfg->listen_host);
+                } else if (gethostname(cfg->advertised_host, sizeof(cfg->advertised_host) - 1) != 0 ||
+                           cfg->advertised_host[0] == '\0') {
+                        snprintf(err, errlen,
+                                 "cannot determine the advertised host: set KAFSCALE_BROKER_HOST to the host name "
+                                 "clients should connect to");
+                        return -1;
+                }
+        }
+        if (cfg->etcd_endpoints[0]) {
+                snprintf(err, errlen,
+                         "KAFSCALE_ETCD_ENDPOINTS is set, but this build has no etcd metadata backend yet; unset it "
+                         "to run in embedded mode (SQLite in KAFSCALE_DATA_DIR)");
+                return -1;
+        }
+        if (!cfg->memory_metadata && cfg->data_dir[0] == '\0') {
+                snprintf(err, errlen, "KAFSCALE_DATA_DIR is empty: set it to a writable directory");
+                return -1;
+        }
+        return 0;
+}
+
+void ks_config_print_help(FILE *out)
+{
+        fprintf(out, "Usage: kafscale-broker [--help]\n\n"
+                     "Kafscale is configured through environment variables:\n\n");
+        for (size_t i = 0; i < N_VARS; i++)
+                fprintf(out, "  %-38s default %-18s %s\n", vars[i].name,
+                        vars[i].def[0] ? vars[i].def : "(unset)", vars[i].help);
+}
+
+void ks_config_warn_unknown(void)
+{
+        for (char **e = environ; *e; e++) {
+                if (strncmp(*e, "KAFSCALE_", 9) != 0)
+                        continue;
+                const char *eq = strchr(*e, '=');
+                size_t n = eq ? (size_t)(eq - *e) : strlen(*e);
+                bool known = false;
+                for (size_t i = 0; i < N_VARS && !known; i++)
+                        known = strlen(vars[i].name) == n && !strncmp(vars[i].name, *e, n);
+                if (!known)
+                        ks_log_warn("config_unknown_variable", "name=%.*s hint=\"not used by this broker; check "
+                                                               "for a typo\"",
+                                    (int)n, *e);
+        }
+}

@@ -1,0 +1,56 @@
+/*
+ * config.h — broker configuration from KAFSCALE_* environment variables.
+ *
+ * One table (config.c) lists every variable with its default and meaning;
+ * `--help` and the README are written from it.  Parsing is strict: a value
+ * that does not parse, or a combination that cannot work, is an error with a
+ * message naming the variable and what to fix — never a silent fallback.
+ */
+#ifndef KS_CONFIG_CONFIG_H
+#define KS_CONFIG_CONFIG_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "util/log.h"
+
+typedef struct ks_config {
+        /* Kafka listener. */
+        char listen_host[256]; /* "" = all interfaces */
+        int listen_port;
+        char advertised_host[256];
+        int advertised_port;
+        int32_t broker_id;
+        char metrics_host[256];
+        int metrics_port;
+
+        /* Storage / metadata. */
+        char data_dir[1024];
+        bool memory_metadata;
+        char etcd_endpoints[1024];
+
+        /* Behaviour. */
+        bool auto_create_topics;
+        int32_t default_partitions;
+        ks_log_level_t log_level;
+
+        /* Network limits. */
+        int io_threads;
+        int64_t max_request_bytes;
+        int64_t idle_timeout_ms;
+        int max_connections;
+        int max_inflight_per_conn;
+} ks_config_t;
+
+/* Reads the environment into *cfg.  Returns 0, or -1 with a message for the
+ * operator in err (what is wrong and how to fix it). */
+int ks_config_from_env(ks_config_t *cfg, char *err, size_t errlen);
+
+/* Prints the table of variables with defaults and descriptions. */
+void ks_config_print_help(FILE *out);
+
+/* Logs unknown KAFSCALE_* variables (likely typos) as warnings. */
+void ks_config_warn_unknown(void);
+
+#endif

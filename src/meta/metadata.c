@@ -1,0 +1,626 @@
+/*
+ * metadata.c — key layout, record encodings and the topic registry.
+ *
+ * Locking: `lock` (rwlock) protects `topics`, `ntopics` and `tombstones`.
+ * Readers copy what they need out under the read lock.  Writers are this
+ * broker's own create/delete (worker threads) and the watch callback (the
+ * store's watch thread).  Every change carries the store revision that made
+ * it; a change older than what the registry already holds for that name is
+ * ignored, so the direct update after our own write and the later watch
+ * event for it can arrive in any order.
+ */
+#include "meta/metadata.h"
+
+#include <stdio.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+
+#include "kafscale_metadata.pb-c.h"
+#include "util/clock.h"
+#include "util/log.h"
+
+#define TOPICS_PREFIX "/kafscale/topics/"
+#define CLUSTER_ID_KEY "/kafscale/cluster/id"
+
+typedef struct tombstone {
+        char name[KS_TOPIC_NAME_MAX + 1];
+        int64_t rev;
+} tombstone_t;
+
+struct ks_meta {
+        ks_kv_t *kv;
+        char cluster_id[KS_CLUSTER_ID_LEN + 1];
+
+        pthread_rwlock_t lock;
+        ks_topic_t *topics; /* sorted by name */
+        int ntopics, cap;
+        tombstone_t *tombstones;
+        int ntombstones, tcap;
+
+        ks_kv_watch_t *watch;
+};
+
+/* ------------------------------------------------------------------------ */
+/* Keys                                                                      */
+
+static int topic_key(char *buf, size_t len, const char *topic, const char *suffix)
+{
+        return snprintf(buf, len, TOPICS_PREFIX "%s/%s", topic, suffix);
+}
+
+/* "/kafscale/topics/{t}/config" -> t, or NULL if the key is another record. */
+static const char *config_key_topic(const uint8_t *key, size_t len, size_t *tlen)
+{
+        const size_t plen = sizeof(TOPICS_PREFIX) - 1;
+        const size_t slen = sizeof("/config") - 1;
+        if (len <= plen + slen || memcmp(key, TOPICS_PREFIX, plen) != 0 ||
+            memcmp(key + len - slen, "/config", slen) != 0)
+                return NULL;
+        const char *t = (const char *)key + plen;
+        size_t n = len - plen - slen;
+        if (n > KS_TOPIC_NAME_MAX || memchr(t, '/', n))
+                return NULL;
+        *tlen = n;
+        return t;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Validation and ids                                                        */
+
+const char *ks_topic_name_invalid(ks_str_t name)
+{
+        if (name.len <= 0 || !name.ptr)
+                return "topic name is empty";
+        if (name.len > KS_TOPIC_NAME_MAX)
+                return "topic name is longer than 249 characters";
+        if ((name.len == 1 && name.ptr[0] == '.') || (name.len == 2 && name.ptr[0] == '.' && name.ptr[1] == '.'))
+                return "topic name cannot be \".\" or \"..\"";
+        for (int32_t i = 0; i < name.len; i++) {
+                char ch = name.ptr[i];
+                if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') || ch == '.' ||
+                      ch == '_' || ch == '-'))
+                        return "topic name contains a character other than ASCII alphanumerics, '.', '_' and '-'";
+        }
+        return NULL;
+}
+
+static void random_uuid(ks_uuid_t *u)
+{
+        do {
+                size_t got = 0;
+                while (got < sizeof(u->b)) {
+                        ssize_t n = getrandom(u->b + got, sizeof(u->b) - got, 0);
+                        if (n > 0)
+                                got += (size_t)n;
+                }
+                /* RFC 4122 version 4, as Kafka's Uuid.randomUuid(). */
+                u->b[6] = (uint8_t)((u->b[6] & 0x0f) | 0x40);
+                u->b[8] = (uint8_t)((u->b[8] & 0x3f) | 0x80);
+                /* Kafka reserves the all-zero id and id 1 (metadata topic); a
+                 * version-4 UUID can be neither, but stay explicit. */
+        } while (u->b[0] == 0 && u->b[1] == 0 && u->b[2] == 0 && u->b[3] == 0);
+}
+
+static void base64url_16(const uint8_t in[16], char out[KS_CLUSTER_ID_LEN + 1])
+{
+        static const char tbl[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        int o = 0;
+        uint32_t acc = 0;
+        int bits = 0;
+        for (int i = 0; i < 16; i++) {
+                acc = (acc << 8) | in[i];
+                bits += 8;
+                while (bits >= 6) {
+                        out[o++] = tbl[(acc >> (bits - 6)) & 63];
+                        bits -= 6;
+                }
+        }
+        if (bits > 0)
+                out[o++] = tbl[(acc << (6 - bits)) & 63];
+        out[o] = '\0';
+}
+
+static int64_t parse_rfc3339_ms(const char *s)
+{
+        struct tm tm = { 0 };
+        int ms = 0;
+        if (!s || sscanf(s, "%d-%d-%dT%d:%d:%d", &tm.tm_year, &tm.tm_mon, &tm.tm_mday, &tm.tm_hour, &tm.tm_min,
+                         &tm.tm_sec) != 6)
+                return 0;
+        const char *dot = strchr(s, '.');
+        if (dot)
+                sscanf(dot + 1, "%3d", &ms);
+        tm.tm_year -= 1900;
+        tm.tm_mon -= 1;
+        return (int64_t)timegm(&tm) * 1000 + ms;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Encodings                                                                 */
+
+static const struct {
+        const char *key;
+        uint32_t bit;
+} explicit_keys[] = {
+        { "retention.ms", KS_TOPIC_CFG_RETENTION_MS },
+        { "retention.bytes", KS_TOPIC_CFG_RETENTION_BYTES },
+        { "segment.bytes", KS_TOPIC_CFG_SEGMENT_BYTES },
+};
+
+ks_err_t ks_meta_topic_encode(const ks_topic_t *t, uint8_t **buf, size_t *len)
+{
+        Kafscale__Metadata__TopicConfig tc = KAFSCALE__METADATA__TOPIC_CONFIG__INIT;
+        char created[40];
+        ks_time_rfc3339(t->created_at_ms, created, sizeof(created));
+        tc.name = (char *)t->name;
+        tc.partitions = t->partitions;
+        tc.replication_factor = t->replication_factor;
+        tc.retention_ms = t->retention_ms;
+        tc.retention_bytes = t->retention_bytes;
+        tc.segment_bytes = t->segment_bytes;
+        tc.created_at = created;
+        tc.topic_id.data = (uint8_t *)t->id.b;
+        tc.topic_id.len = sizeof(t->id.b);
+
+        /* The operator's explicit overrides, as Kafka keeps them: strings. */
+        Kafscale__Metadata__TopicConfig__ConfigEntry entries[3], *eptrs[3];
+        char vals[3][24];
+        size_t n = 0;
+        const int64_t values[3] = { t->retention_ms, t->retention_bytes, t->segment_bytes };
+        for (size_t i = 0; i < 3; i++) {
+                if (!(t->explicit_configs & explicit_keys[i].bit))
+                        continue;
+                kafscale__metadata__topic_config__config_entry__init(&entries[n]);
+                snprintf(vals[n], sizeof(vals[n]), "%lld", (long long)values[i]);
+                entries[n].key = (char *)explicit_keys[i].key;
+                entries[n].value = vals[n];
+                eptrs[n] = &entries[n];
+                n++;
+        }
+        tc.n_config = n;
+        tc.config = eptrs;
+
+        *len = kafscale__metadata__topic_config__get_packed_size(&tc);
+        *buf = malloc(*len ? *len : 1);
+        if (!*buf)
+                return KS_ERR__NOMEM;
+        kafscale__metadata__topic_config__pack(&tc, *buf);
+        return 0;
+}
+
+ks_err_t ks_meta_topic_decode(const uint8_t *buf, size_t len, ks_topic_t *t)
+{
+        Kafscale__Metadata__TopicConfig *tc = kafscale__metadata__topic_config__unpack(NULL, len, buf);
+        if (!tc)
+                return KS_ERR__CORRUPT;
+        ks_err_t err = 0;
+        memset(t, 0, sizeof(*t));
+        size_t nl = tc->name ? strlen(tc->name) : 0;
+        if (nl == 0 || ks_topic_name_invalid((ks_str_t){ tc->name, (int32_t)nl }) || tc->partitions < 1) {
+                err = KS_ERR__CORRUPT;
+                goto out;
+        }
+        memcpy(t->name, tc->name, nl + 1);
+        if (tc->topic_id.len == sizeof(t->id.b))
+                memcpy(t->id.b, tc->topic_id.data, sizeof(t->id.b));
+        t->partitions = tc->partitions;
+        t->replication_factor = tc->replication_factor;
+        t->retention_ms = tc->retention_ms;
+        t->retention_bytes = tc->retention_bytes;
+        t->segment_bytes = tc->segment_bytes > 0 ? tc->segment_bytes : KS_DEFAULT_SEGMENT_BYTES;
+        t->created_at_ms = parse_rfc3339_ms(tc->created_at);
+        for (size_t i = 0; i < tc->n_config; i++)
+                for (size_t k = 0; k < 3; k++)
+                        if (tc->config[i]->key && !strcmp(tc->config[i]->key, explicit_keys[k].key))
+                                t->explicit_configs |= explicit_keys[k].bit;
+out:
+        kafscale__metadata__topic_config__free_unpacked(tc, NULL);
+        return err;
+}
+
+static ks_err_t partition_state_encode(const char *topic, int32_t partition, uint8_t **buf, size_t *len)
+{
+        Kafscale__Metadata__PartitionState ps = KAFSCALE__METADATA__PARTITION_STATE__INIT;
+        Kafscale__Metadata__EpochEntry e0 = KAFSCALE__METADATA__EPOCH_ENTRY__INIT;
+        Kafscale__Metadata__EpochEntry *eptr = &e0;
+        ps.topic = (char *)topic;
+        ps.partition = partition;
+        ps.leader_broker = (char *)"";
+        ps.active_segment = (char *)"";
+        ps.n_epoch_history = 1;
+        ps.epoch_history = &eptr;
+        *len = kafscale__metadata__partition_state__get_packed_size(&ps);
+        *buf = malloc(*len ? *len : 1);
+        if (!*buf)
+                return KS_ERR__NOMEM;
+        kafscale__metadata__partition_state__pack(&ps, *buf);
+        return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Registry (caller holds the write lock)                                    */
+
+static int topic_find_locked(const ks_meta_t *m, const char *name, size_t nlen, bool *found)
+{
+        int lo = 0, hi = m->ntopics;
+        while (lo < hi) {
+                int mid = (lo + hi) / 2;
+                const char *mn = m->topics[mid].name;
+                size_t ml = strlen(mn);
+                int c = memcmp(mn, name, ml < nlen ? ml : nlen);
+                if (c == 0)
+                        c = ml < nlen ? -1 : (ml > nlen ? 1 : 0);
+                if (c == 0) {
+                        *found = true;
+                        return mid;
+                }
+                if (c < 0)
+                        lo = mid + 1;
+                else
+                        hi = mid;
+        }
+        *found = false;
+        return lo;
+}
+
+static int64_t tombstone_rev_locked(const ks_meta_t *m, const char *name)
+{
+        for (int i = 0; i < m->ntombstones; i++)
+                if (!strcmp(m->tombstones[i].name, name))
+                        return m->tombstones[i].rev;
+        return 0;
+}
+
+static void tombstone_set_locked(ks_meta_t *m, const char *name, int64_t rev)
+{
+        for (int i = 0; i < m->ntombstones; i++)
+                if (!strcmp(m->tombstones[i].name, name)) {
+                        if (rev > m->tombstones[i].rev)
+                                m->tombstones[i].rev = rev;
+                        return;
+                }
+        if (m->ntombstones == m->tcap) {
+                int cap = m->tcap ? m->tcap * 2 : 16;
+                tombstone_t *nt = realloc(m->tombstones, (size_t)cap * sizeof(*nt));
+                if (!nt)
+                        return; /* only weakens stale-event filtering */
+                m->tombstones = nt;
+                m->tcap = cap;
+        }
+        snprintf(m->tombstones[m->ntombstones].name, sizeof(m->tombstones[0].name), "%s", name);
+        m->tombstones[m->ntombstones].rev = rev;
+        m->ntombstones++;
+}
+
+/* Applies "topic t exists as of revision t->mod_rev". */
+static void registry_put_locked(ks_meta_t *m, const ks_topic_t *t)
+{
+        if (t->mod_rev <= tombstone_rev_locked(m, t->name))
+                return;
+        bool found;
+        int i = topic_find_locked(m, t->name, strlen(t->name), &found);
+        if (found) {
+                if (t->mod_rev > m->topics[i].mod_rev)
+                        m->topics[i] = *t;
+                return;
+        }
+        if (m->ntopics == m->cap) {
+                int cap = m->cap ? m->cap * 2 : 64;
+                ks_topic_t *nt = realloc(m->topics, (size_t)cap * sizeof(*nt));
+                if (!nt) {
+                        ks_log_error("topic_registry_oom", "topic=%s", t->name);
+                        return;
+                }
+                m->topics = nt;
+                m->cap = cap;
+        }
+        memmove(&m->topics[i + 1], &m->topics[i], (size_t)(m->ntopics - i) * sizeof(*m->topics));
+        m->topics[i] = *t;
+        m->ntopics++;
+}
+
+/* Applies "topic `name` was deleted at revision rev". */
+static void registry_delete_locked(ks_meta_t *m, const char *name, size_t nlen, int64_t rev)
+{
+        char buf[KS_TOPIC_NAME_MAX + 1];
+        memcpy(buf, name, nlen);
+        buf[nlen] = '\0';
+        bool found;
+        int i = topic_find_locked(m, buf, nlen, &found);
+        if (found && m->topics[i].mod_rev < rev) {
+                memmove(&m->topics[i], &m->topics[i + 1], (size_t)(m->ntopics - i - 1) * sizeof(*m->topics));
+                m->ntopics--;
+        }
+        tombstone_set_locked(m, buf, rev);
+}
+
+static void registry_apply_pair(ks_meta_t *m, const ks_kv_pair_t *kv)
+{
+        size_t tlen;
+        if (!config_key_topic(kv->key, kv->key_len, &tlen))
+                return;
+        ks_topic_t t;
+        if (ks_meta_topic_decode(kv->value, kv->value_len, &t) != 0) {
+                ks_log_warn("topic_record_corrupt", "key=\"%.*s\" action=ignored", (int)kv->key_len,
+                            (const char *)kv->key);
+                return;
+        }
+        t.mod_rev = kv->mod_rev;
+        registry_put_locked(m, &t);
+}
+
+static ks_err_t registry_load(ks_meta_t *m, int64_t *revision)
+{
+        uint8_t end[sizeof(TOPICS_PREFIX)];
+        size_t elen = ks_kv_prefix_end(TOPICS_PREFIX, sizeof(TOPICS_PREFIX) - 1, end);
+        ks_kv_result_t res;
+        ks_err_t err = ks_kv_range(m->kv, TOPICS_PREFIX, sizeof(TOPICS_PREFIX) - 1, end, elen, &res);
+        if (err)
+                return err;
+        pthread_rwlock_wrlock(&m->lock);
+        /* Drop topics that are gone as of this read. */
+        for (int i = m->ntopics - 1; i >= 0; i--) {
+                bool present = false;
+                char key[300];
+                int kl = topic_key(key, sizeof(key), m->topics[i].name, "config");
+                for (size_t k = 0; k < res.count && !present; k++)
+                        present = res.kvs[k].key_len == (size_t)kl && !memcmp(res.kvs[k].key, key, (size_t)kl);
+                if (!present && m->topics[i].mod_rev <= res.revision)
+                        registry_delete_locked(m, m->topics[i].name, strlen(m->topics[i].name), res.revision);
+        }
+        for (size_t k = 0; k < res.count; k++)
+                registry_apply_pair(m, &res.kvs[k]);
+        pthread_rwlock_unlock(&m->lock);
+        *revision = res.revision;
+        ks_kv_result_free(&res);
+        return 0;
+}
+
+static void topics_watch_cb(void *opaque, const ks_kv_event_t *evs, size_t n)
+{
+        ks_meta_t *m = opaque;
+        for (size_t i = 0; i < n; i++) {
+                const ks_kv_event_t *ev = &evs[i];
+                if (ev->type == KS_KV_EV_COMPACTED) {
+                        int64_t rev;
+                        ks_log_warn("topic_watch_compacted", "revision=%lld action=reload", (long long)ev->revision);
+                        if (registry_load(m, &rev) != 0)
+                                ks_log_error("topic_reload_failed", "revision=%lld", (long long)ev->revision);
+                        continue;
+                }
+                size_t tlen;
+                const char *t = config_key_topic(ev->kv.key, ev->kv.key_len, &tlen);
+                if (!t)
+                        continue;
+                pthread_rwlock_wrlock(&m->lock);
+                if (ev->type == KS_KV_EV_PUT)
+                        registry_apply_pair(m, &ev->kv);
+                else
+                        registry_delete_locked(m, t, tlen, ev->revision);
+                pthread_rwlock_unlock(&m->lock);
+        }
+}
+
+/* ------------------------------------------------------------------------ */
+/* Open / close                                                              */
+
+static ks_err_t ensure_cluster_id(ks_meta_t *m)
+{
+        ks_uuid_t u;
+        random_uuid(&u);
+        char id[KS_CLUSTER_ID_LEN + 1];
+        base64url_16(u.b, id);
+        const ks_kv_cmp_t cmp = { .key = CLUSTER_ID_KEY, .key_len = sizeof(CLUSTER_ID_KEY) - 1,
+                                  .target = KS_KV_CMP_VERSION, .op = KS_KV_EQUAL, .number = 0 };
+        const ks_kv_op_t put = { .type = KS_KV_OP_PUT, .key = CLUSTER_ID_KEY, .key_len = sizeof(CLUSTER_ID_KEY) - 1,
+                                 .value = id, .value_len = KS_CLUSTER_ID_LEN };
+        bool ok;
+        ks_err_t err = ks_kv_txn(m->kv, &cmp, 1, &put, 1, NULL, 0, &ok, NULL);
+        if (err)
+                return err;
+        ks_kv_result_t res;
+        err = ks_kv_range(m->kv, CLUSTER_ID_KEY, sizeof(CLUSTER_ID_KEY) - 1, NULL, 0, &res);
+        if (err)
+                return err;
+        if (res.count != 1 || res.kvs[0].value_len == 0 || res.kvs[0].value_len > KS_CLUSTER_ID_LEN) {
+                ks_kv_result_free(&res);
+                return KS_ERR__CORRUPT;
+        }
+        memcpy(m->cluster_id, res.kvs[0].value, res.kvs[0].value_len);
+        m->cluster_id[res.kvs[0].value_len] = '\0';
+        ks_kv_result_free(&res);
+        return 0;
+}
+
+ks_err_t ks_meta_open(ks_kv_t *kv, ks_meta_t **out)
+{
+        ks_meta_t *m = calloc(1, sizeof(*m));
+        if (!m)
+                return KS_ERR__NOMEM;
+        m->kv = kv;
+        pthread_rwlock_init(&m->lock, NULL);
+        ks_err_t err = ensure_cluster_id(m);
+        int64_t rev = 0;
+        if (!err)
+                err = registry_load(m, &rev);
+        if (!err) {
+                uint8_t end[sizeof(TOPICS_PREFIX)];
+                size_t elen = ks_kv_prefix_end(TOPICS_PREFIX, sizeof(TOPICS_PREFIX) - 1, end);
+                err = ks_kv_watch(kv, TOPICS_PREFIX, sizeof(TOPICS_PREFIX) - 1, end, elen, rev + 1, topics_watch_cb,
+                                  m, &m->watch);
+        }
+        if (err) {
+                ks_meta_close(m);
+                return err;
+        }
+        *out = m;
+        return 0;
+}
+
+void ks_meta_close(ks_meta_t *m)
+{
+        if (!m)
+                return;
+        if (m->watch)
+                ks_kv_watch_cancel(m->kv, m->watch);
+        pthread_rwlock_destroy(&m->lock);
+        free(m->topics);
+        free(m->tombstones);
+        free(m);
+}
+
+const char *ks_meta_cluster_id(const ks_meta_t *m)
+{
+        return m->cluster_id;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Topic operations                                                          */
+
+ks_err_t ks_meta_topic_create(ks_meta_t *m, ks_topic_t *t)
+{
+        random_uuid(&t->id);
+        t->created_at_ms = ks_clock_wall_ms(ks_clock_system());
+
+        char cfg_key[300];
+        int cfg_len = topic_key(cfg_key, sizeof(cfg_key), t->name, "config");
+        size_t nops = 1 + 2 * (size_t)t->partitions;
+        ks_kv_op_t *ops = calloc(nops, sizeof(*ops));
+        char (*keys)[300] = calloc(2 * (size_t)t->partitions, sizeof(*keys));
+        uint8_t **bufs = calloc(1 + (size_t)t->partitions, sizeof(*bufs));
+        ks_err_t err = (!ops || !keys || !bufs) ? KS_ERR__NOMEM : 0;
+        size_t len;
+        if (!err)
+                err = ks_meta_topic_encode(t, &bufs[0], &len);
+        if (!err) {
+                ops[0] = (ks_kv_op_t){ .type = KS_KV_OP_PUT, .key = cfg_key, .key_len = (size_t)cfg_len,
+                                       .value = bufs[0], .value_len = len };
+        }
+        for (int32_t p = 0; !err && p < t->partitions; p++) {
+                char suffix[64];
+                size_t plen;
+                snprintf(suffix, sizeof(suffix), "partitions/%d", p);
+                int kl = topic_key(keys[2 * p], sizeof(keys[0]), t->name, suffix);
+                err = partition_state_encode(t->name, p, &bufs[1 + p], &plen);
+                if (err)
+                        break;
+                ops[1 + 2 * p] = (ks_kv_op_t){ .type = KS_KV_OP_PUT, .key = keys[2 * p], .key_len = (size_t)kl,
+                                               .value = bufs[1 + p], .value_len = plen };
+                snprintf(suffix, sizeof(suffix), "partitions/%d/next_offset", p);
+                kl = topic_key(keys[2 * p + 1], sizeof(keys[0]), t->name, suffix);
+                ops[2 + 2 * p] = (ks_kv_op_t){ .type = KS_KV_OP_PUT, .key = keys[2 * p + 1], .key_len = (size_t)kl,
+                                               .value = "0", .value_len = 1 };
+        }
+        bool ok = false;
+        int64_t rev = 0;
+        if (!err) {
+                const ks_kv_cmp_t cmp = { .key = cfg_key, .key_len = (size_t)cfg_len, .target = KS_KV_CMP_VERSION,
+                                          .op = KS_KV_EQUAL, .number = 0 };
+                err = ks_kv_txn(m->kv, &cmp, 1, ops, nops, NULL, 0, &ok, &rev);
+                if (!err && !ok)
+                        err = KS_ERR__EXISTS;
+        }
+        if (!err) {
+                t->mod_rev = rev;
+                pthread_rwlock_wrlock(&m->lock);
+                registry_put_locked(m, t);
+                pthread_rwlock_unlock(&m->lock);
+                ks_log_info("topic_created", "topic=%s partitions=%d revision=%lld", t->name, t->partitions,
+                            (long long)rev);
+        }
+        if (bufs)
+                for (int32_t i = 0; i <= t->partitions; i++)
+                        free(bufs[i]);
+        free(bufs);
+        free(keys);
+        free(ops);
+        return err;
+}
+
+ks_err_t ks_meta_topic_delete(ks_meta_t *m, const char *name, const ks_uuid_t *id)
+{
+        char cfg_key[300], prefix[300];
+        int cfg_len = topic_key(cfg_key, sizeof(cfg_key), name, "config");
+        int plen = topic_key(prefix, sizeof(prefix), name, "");
+        uint8_t end[300];
+        size_t elen = ks_kv_prefix_end(prefix, (size_t)plen, end);
+
+        for (int attempt = 0; attempt < 8; attempt++) {
+                ks_kv_result_t res;
+                ks_err_t err = ks_kv_range(m->kv, cfg_key, (size_t)cfg_len, NULL, 0, &res);
+                if (err)
+                        return err;
+                if (res.count == 0) {
+                        ks_kv_result_free(&res);
+                        return KS_ERR__NOT_FOUND;
+                }
+                int64_t mod_rev = res.kvs[0].mod_rev;
+                ks_topic_t cur;
+                err = ks_meta_topic_decode(res.kvs[0].value, res.kvs[0].value_len, &cur);
+                ks_kv_result_free(&res);
+                if (!err && id && memcmp(cur.id.b, id->b, sizeof(id->b)) != 0)
+                        return KS_ERR__NOT_FOUND;
+                const ks_kv_cmp_t cmp = { .key = cfg_key, .key_len = (size_t)cfg_len, .target = KS_KV_CMP_MOD,
+                                          .op = KS_KV_EQUAL, .number = mod_rev };
+                const ks_kv_op_t del = { .type = KS_KV_OP_DELETE, .key = prefix, .key_len = (size_t)plen,
+                                         .range_end = end, .range_end_len = elen };
+                bool ok;
+                int64_t rev;
+                err = ks_kv_txn(m->kv, &cmp, 1, &del, 1, NULL, 0, &ok, &rev);
+                if (err)
+                        return err;
+                if (ok) {
+                        pthread_rwlock_wrlock(&m->lock);
+                        registry_delete_locked(m, name, strlen(name), rev);
+                        pthread_rwlock_unlock(&m->lock);
+                        ks_log_info("topic_deleted", "topic=%s revision=%lld", name, (long long)rev);
+                        return 0;
+                }
+                /* Changed under us (config altered concurrently): re-read. */
+        }
+        return KS_ERR__CONFLICT;
+}
+
+bool ks_meta_topic_get(ks_meta_t *m, ks_str_t name, ks_topic_t *out)
+{
+        if (name.len <= 0 || name.len > KS_TOPIC_NAME_MAX)
+                return false;
+        pthread_rwlock_rdlock(&m->lock);
+        bool found;
+        int i = topic_find_locked(m, name.ptr, (size_t)name.len, &found);
+        if (found)
+                *out = m->topics[i];
+        pthread_rwlock_unlock(&m->lock);
+        return found;
+}
+
+bool ks_meta_topic_get_by_id(ks_meta_t *m, ks_uuid_t id, ks_topic_t *out)
+{
+        bool found = false;
+        pthread_rwlock_rdlock(&m->lock);
+        for (int i = 0; i < m->ntopics && !found; i++) {
+                if (!memcmp(m->topics[i].id.b, id.b, sizeof(id.b))) {
+                        *out = m->topics[i];
+                        found = true;
+                }
+        }
+        pthread_rwlock_unlock(&m->lock);
+        return found;
+}
+
+int ks_meta_topics_snapshot(ks_meta_t *m, ks_topic_t **out)
+{
+        pthread_rwlock_rdlock(&m->lock);
+        int n = m->ntopics;
+        ks_topic_t *copy = malloc((size_t)(n ? n : 1) * sizeof(*copy));
+        if (copy && n)
+                memcpy(copy, m->topics, (size_t)n * sizeof(*copy));
+        pthread_rwlock_unlock(&m->lock);
+        if (!copy)
+                return -1;
+        *out = copy;
+        return n;
+}

@@ -1,0 +1,97 @@
+/*
+ * metadata.h — typed metadata records over the key/value store (meta/kv.h).
+ *
+ * This module owns the key layout and the encodings of SYSTEM.md §6
+ * (protobuf records from proto/kafscale_metadata.proto, ASCII next offsets)
+ * and keeps an in-memory registry of topics that is current with the store:
+ * it is loaded at open, updated by a watch on /kafscale/topics/, and
+ * updated directly by this broker's own writes so that a client that created
+ * a topic sees it in its very next Metadata request.
+ *
+ * Threads: lookups (ks_meta_topic_get*, ks_meta_topics_snapshot) never block
+ * on I/O and may run on event-loop threads; they take a read lock.  Functions
+ * marked BLOCKING talk to the store and must run on a worker thread.
+ */
+#ifndef KS_META_METADATA_H
+#define KS_META_METADATA_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "meta/kv.h"
+#include "util/bytes.h"
+#include "util/err.h"
+
+#define KS_TOPIC_NAME_MAX 249
+#define KS_CLUSTER_ID_LEN 22
+#define KS_MAX_PARTITIONS 10000 /* per topic */
+
+/* Topic-level defaults (Apache Kafka's). */
+#define KS_DEFAULT_RETENTION_MS  604800000LL /* 7 days */
+#define KS_DEFAULT_RETENTION_BYTES (-1LL)
+#define KS_DEFAULT_SEGMENT_BYTES (1LL << 30)
+
+/* Which whitelisted configs a topic sets explicitly (others are defaults). */
+enum {
+        KS_TOPIC_CFG_RETENTION_MS = 1 << 0,
+        KS_TOPIC_CFG_RETENTION_BYTES = 1 << 1,
+        KS_TOPIC_CFG_SEGMENT_BYTES = 1 << 2,
+};
+
+/* A topic as the broker sees it (a plain value: copy freely). */
+typedef struct ks_topic {
+        char name[KS_TOPIC_NAME_MAX + 1];
+        ks_uuid_t id;
+        int32_t partitions;
+        int32_t replication_factor; /* as requested; durability comes from object storage */
+        int64_t retention_ms;       /* effective values */
+        int64_t retention_bytes;
+        int64_t segment_bytes;
+        uint32_t explicit_configs;  /* KS_TOPIC_CFG_* set by the operator */
+        int64_t created_at_ms;
+        int64_t mod_rev;            /* store revision of the config record */
+} ks_topic_t;
+
+typedef struct ks_meta ks_meta_t;
+
+/* Opens the typed layer over `kv` (borrowed; must outlive it): ensures the
+ * cluster id exists, loads every topic and starts the topic watch.
+ * BLOCKING. */
+ks_err_t ks_meta_open(ks_kv_t *kv, ks_meta_t **out);
+void ks_meta_close(ks_meta_t *meta);
+
+/* The cluster id (22 characters, base64url of a UUID, like Kafka's). */
+const char *ks_meta_cluster_id(const ks_meta_t *meta);
+
+/* --- topics ----------------------------------------------------------------- */
+
+/* Validates a topic name by Kafka's rules: 1..249 characters of
+ * [a-zA-Z0-9._-], not "." or "..".  Returns NULL if valid, else the reason. */
+const char *ks_topic_name_invalid(ks_str_t name);
+
+/* Creates a topic: config record, one PartitionState and next offset per
+ * partition, all in one transaction that fails if the topic exists.
+ * `t` holds name, partitions, replication factor, configs; its id and
+ * created_at are assigned here and written back.  KS_ERR__EXISTS if the
+ * topic exists.  BLOCKING. */
+ks_err_t ks_meta_topic_create(ks_meta_t *meta, ks_topic_t *t);
+
+/* Deletes a topic and every key under it in one transaction.  When `id` is
+ * non-NULL the topic is deleted only if it still has that id.
+ * KS_ERR__NOT_FOUND if there is no such topic.  BLOCKING. */
+ks_err_t ks_meta_topic_delete(ks_meta_t *meta, const char *name, const ks_uuid_t *id);
+
+/* Looks a topic up by name / id.  Non-blocking; true if found. */
+bool ks_meta_topic_get(ks_meta_t *meta, ks_str_t name, ks_topic_t *out);
+bool ks_meta_topic_get_by_id(ks_meta_t *meta, ks_uuid_t id, ks_topic_t *out);
+
+/* Copies every topic, sorted by name, into a malloc'ed array the caller
+ * frees.  Non-blocking.  Returns the count, or -1 if memory ran out. */
+int ks_meta_topics_snapshot(ks_meta_t *meta, ks_topic_t **out);
+
+/* Encoding of the records, exposed for tests and tools.  Encode returns a
+ * malloc'ed buffer; decode fills *t and returns 0 or KS_ERR__CORRUPT. */
+ks_err_t ks_meta_topic_encode(const ks_topic_t *t, uint8_t **buf, size_t *len);
+ks_err_t ks_meta_topic_decode(const uint8_t *buf, size_t len, ks_topic_t *t);
+
+#endif

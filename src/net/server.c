@@ -1,0 +1,748 @@
+/*
+ * server.c — listener, connections, request framing, ordered responses.
+ *
+ * Ownership and threads:
+ *  - ks_server_t is created and stopped by the main thread; its loops each
+ *    run on their own I/O thread.
+ *  - A ks_conn_t belongs to the loop that accepted it; only that thread reads
+ *    or writes its fields.
+ *  - A ks_req_t is owned by its handler between dispatch and completion.
+ *    Completion may happen on any thread: the response is encoded there and
+ *    the request is handed back to the connection's loop with ks_loop_post().
+ *    A connection is freed only when it is closed AND none of its requests
+ *    is still held by a handler (`outstanding` == 0).
+ */
+#include "net/server.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include "util/log.h"
+
+enum { REQ_HANDLING = 0, REQ_DONE = 1, REQ_DONE_CLOSE = 2, REQ_DONE_SILENT = 3 };
+
+#define STAGE_BYTES (64 * 1024)     /* read buffer for small frames */
+#define MAX_PENDING_OUT (16u << 20) /* stop reading while this much output waits */
+#define MIN_FRAME_BYTES 8           /* api key + version + correlation id */
+
+struct ks_conn {
+        ks_server_t *srv;
+        ks_loop_t *loop;
+        ks_io_t io;
+        int fd;
+        char peer[64];
+
+        uint8_t *rbuf; /* accumulating input; may hold several frames */
+        size_t rlen, rcap;
+
+        ks_req_t *head, *tail; /* every request not yet fully written, in order */
+        int inflight;          /* requests in the list */
+        int outstanding;       /* requests held by handlers */
+        size_t pending_out;    /* bytes of encoded responses not yet written */
+
+        int64_t last_active_ms;
+        bool closed;
+        bool free_scheduled;
+        bool reading;          /* EPOLLIN enabled */
+        bool want_write;       /* EPOLLOUT enabled */
+
+        ks_conn_t *prev_conn, *next_conn; /* loop's connection list */
+};
+
+typedef struct io_thread {
+        ks_server_t *srv;
+        ks_loop_t *loop;
+        pthread_t thread;
+        ks_io_t listen_io;
+        ks_timer_t sweep_timer;
+        ks_conn_t *conns;
+        int index;
+} io_thread_t;
+
+struct ks_server {
+        const ks_config_t *cfg;
+        ks_dispatch_fn *dispatch;
+        void *ctx;
+        int listen_fd;
+        int port;
+        io_thread_t *threads;
+        int nthreads;
+        int nconns; /* atomic */
+        bool started;
+};
+
+static void conn_close(ks_conn_t *c, const char *reason);
+static void conn_flush(ks_conn_t *c);
+static void conn_update_events(ks_conn_t *c);
+
+/* ------------------------------------------------------------------------ */
+/* Requests                                                                  */
+
+static void req_free(ks_req_t *req)
+{
+        ks_wbuf_destroy(&req->out);
+        ks_arena_destroy(&req->arena);
+        free(req->frame);
+        free(req);
+}
+
+static void conn_unlink_req(ks_conn_t *c, ks_req_t *req)
+{
+        ks_req_t **pp = &c->head, *prev = NULL;
+        while (*pp && *pp != req) {
+                prev = *pp;
+                pp = &(*pp)->next;
+        }
+        if (!*pp)
+                return;
+        *pp = req->next;
+        if (c->tail == req)
+                c->tail = prev;
+        c->inflight--;
+}
+
+/* Runs on the connection's loop: the handler is done with `req`. */
+static void req_completed_on_loop(ks_loop_t *loop, void *arg)
+{
+        (void)loop;
+        ks_req_t *req = arg;
+        ks_conn_t *c = req->conn;
+        req->returned = true;
+        c->outstanding--;
+        if (c->closed) {
+                /* The connection went away meanwhile; it was waiting for us. */
+                conn_unlink_req(c, req);
+                req_free(req);
+                if (c->outstanding == 0)
+                        conn_close(c, NULL);
+                return;
+        }
+        c->pending_out += ks_wbuf_len(&req->out);
+        conn_flush(c);
+}
+
+static void req_complete(ks_req_t *req, int state)
+{
+        ks_conn_t *c = req->conn;
+        req->state = state; /* published to the loop by ks_loop_post() */
+        if (ks_loop_on_thread(c->loop)) {
+                req_completed_on_loop(c->loop, req);
+        } else if (ks_loop_post(c->loop, req_completed_on_loop, req) != 0) {
+                /* Cannot happen short of OOM; the loop would never learn about
+                 * the request, so fail loudly rather than hang the client. */
+                ks_log_error("request_completion_lost", "correlation_id=%d", req->hdr.CorrelationId);
+                abort();
+        }
+}
+
+static void respond_version(ks_req_t *req, int16_t version, const void *resp)
+{
+        size_t start = ks_frame_begin_response(&req->out, req->hdr.RequestApiKey, version, req->hdr.CorrelationId);
+        ks_err_t err = ks_response_encode(req->api, version, resp, &req->out);
+        if (err) {
+                /* An encoder failure is a bug in the handler's response, not
+                 * the client's fault: log it and drop the connection. */
+                ks_log_error("response_encode_failed", "api=%s version=%d err=%s", req->api->name, version,
+                             ks_err_name(err));
+                req_complete(req, REQ_DONE_CLOSE);
+                return;
+        }
+        ks_frame_finish(&req->out, start);
+        req_complete(req, REQ_DONE);
+}
+
+void ks_req_respond(ks_req_t *req, const void *resp)
+{
+        respond_version(req, req->hdr.RequestApiVersion, resp);
+}
+
+void ks_req_respond_version(ks_req_t *req, int16_t version, const void *resp)
+{
+        respond_version(req, version, resp);
+}
+
+void ks_req_respond_none(ks_req_t *req)
+{
+        req_complete(req, REQ_DONE_SILENT);
+}
+
+void ks_req_close(ks_req_t *req, const char *reason)
+{
+        ks_log_warn("request_rejected", "peer=%s api_key=%d api_version=%d correlation_id=%d reason=\"%s\"",
+                    req->peer, req->hdr.RequestApiKey, req->hdr.RequestApiVersion, req->hdr.CorrelationId, reason);
+        req_complete(req, REQ_DONE_CLOSE);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Connections                                                               */
+
+static void conn_free_deferred(ks_loop_t *loop, void *arg)
+{
+        (void)loop;
+        ks_conn_t *c = arg;
+        free(c->rbuf);
+        free(c);
+}
+
+/* Closes the socket now; frees the connection once no handler holds one of
+ * its requests.  `reason` NULL: no log line. */
+static void conn_close(ks_conn_t *c, const char *reason)
+{
+        io_thread_t *t = &c->srv->threads[ks_loop_index(c->loop)];
+        if (!c->closed) {
+                if (reason)
+                        ks_log_info("connection_closed", "peer=%s reason=\"%s\"", c->peer, reason);
+                c->closed = true;
+                ks_loop_io_del(c->loop, &c->io);
+                close(c->fd);
+                c->fd = -1;
+                __atomic_sub_fetch(&c->srv->nconns, 1, __ATOMIC_SEQ_CST);
+                /* Free what came back; requests still held by handlers stay
+                 * listed and are freed by req_completed_on_loop(). */
+                ks_req_t *r = c->head;
+                while (r) {
+                        ks_req_t *next = r->next;
+                        if (r->returned) {
+                                conn_unlink_req(c, r);
+                                req_free(r);
+                        }
+                        r = next;
+                }
+                if (c->prev_conn)
+                        c->prev_conn->next_conn = c->next_conn;
+                else
+                        t->conns = c->next_conn;
+                if (c->next_conn)
+                        c->next_conn->prev_conn = c->prev_conn;
+        }
+        if (c->outstanding == 0 && !c->free_scheduled) {
+                c->free_scheduled = true;
+                ks_loop_defer(c->loop, conn_free_deferred, c);
+        }
+}
+
+static void conn_update_events(ks_conn_t *c)
+{
+        if (c->closed)
+                return;
+        bool can_read = c->inflight < c->srv->cfg->max_inflight_per_conn && c->pending_out < MAX_PENDING_OUT;
+        uint32_t ev = (can_read ? EPOLLIN : 0) | (c->want_write ? EPOLLOUT : 0) | EPOLLRDHUP;
+        c->reading = can_read;
+        ks_loop_io_mod(c->loop, &c->io, ev);
+}
+
+static void conn_pop_head(ks_conn_t *c)
+{
+        ks_req_t *r = c->head;
+        c->head = r->next;
+        if (!c->head)
+                c->tail = NULL;
+        c->inflight--;
+        req_free(r);
+}
+
+/* Writes the completed responses at the head of the queue, in order. */
+static void conn_flush(ks_conn_t *c)
+{
+        while (!c->closed && c->head) {
+                struct iovec iov[64];
+                int niov = 0;
+                ks_req_t *r = c->head;
+                /* Gather consecutive completed responses. */
+                for (; r && niov < 64; r = r->next) {
+                        if (!r->returned)
+                                break;
+                        int st = r->state;
+                        if (st == REQ_DONE_CLOSE) {
+                                if (niov == 0) {
+                                        conn_close(c, "request rejected");
+                                        return;
+                                }
+                                break;
+                        }
+                        if (st == REQ_DONE_SILENT)
+                                continue;
+                        struct iovec *v;
+                        int n;
+                        if (ks_wbuf_iov(&r->out, &v, &n) != 0) {
+                                conn_close(c, "out of memory");
+                                return;
+                        }
+                        for (int i = 0; i < n && niov < 64; i++)
+                                iov[niov++] = v[i];
+                        if (niov == 64)
+                                break;
+                }
+                if (niov == 0) {
+                        /* Only silent completions at the head: drop them. */
+                        bool popped = false;
+                        while (c->head &&
+                               c->head->returned && c->head->state == REQ_DONE_SILENT) {
+                                conn_pop_head(c);
+                                popped = true;
+                        }
+                        if (!popped)
+                                break;
+                        continue;
+                }
+                ssize_t n = writev(c->fd, iov, niov);
+                if (n < 0) {
+                        if (errno == EAGAIN || errno == EWOULDBLOCK) {
+                                c->want_write = true;
+                                conn_update_events(c);
+                                return;
+                        }
+                        if (errno == EINTR)
+                                continue;
+                        conn_close(c, strerror(errno));
+                        return;
+                }
+                c->last_active_ms = ks_loop_now_ms();
+                size_t left = (size_t)n;
+                c->pending_out -= left < c->pending_out ? left : c->pending_out;
+                while (c->head) {
+                        ks_req_t *h = c->head;
+                        int st = h->returned ? h->state : REQ_HANDLING;
+                        if (st == REQ_DONE_SILENT) {
+                                conn_pop_head(c);
+                                continue;
+                        }
+                        if (st != REQ_DONE)
+                                break;
+                        size_t len = ks_wbuf_len(&h->out);
+                        if (left >= len) {
+                                left -= len;
+                                conn_pop_head(c);
+                        } else {
+                                ks_wbuf_consume(&h->out, left);
+                                left = 0;
+                                break;
+                        }
+                }
+        }
+        if (!c->closed) {
+                bool need_write = false;
+                if (c->head && c->head->returned && c->head->state == REQ_DONE &&
+                    ks_wbuf_len(&c->head->out) > 0)
+                        need_write = true;
+                c->want_write = need_write;
+                conn_update_events(c);
+        }
+}
+
+static void conn_start_request(ks_conn_t *c, uint8_t *frame, size_t frame_len)
+{
+        const uint8_t *body = frame + 4;
+        size_t len = frame_len - 4;
+        ks_req_header_t hdr;
+        size_t body_off;
+        if (ks_req_header_parse(body, len, &hdr, &body_off) != 0) {
+                free(frame);
+                conn_close(c, "malformed request header");
+                return;
+        }
+        ks_req_t *req = calloc(1, sizeof(*req));
+        if (!req) {
+                free(frame);
+                conn_close(c, "out of memory");
+                return;
+        }
+        req->hdr = hdr;
+        req->api = ks_api_desc(hdr.RequestApiKey);
+        req->frame = frame;
+        req->body = body + body_off;
+        req->body_len = len - body_off;
+        req->conn = c;
+        req->received_ms = ks_loop_now_ms();
+        memcpy(req->peer, c->peer, sizeof(req->peer));
+        ks_arena_init(&req->arena, 4096);
+        ks_wbuf_init(&req->out);
+        req->state = REQ_HANDLING;
+        if (c->tail)
+                c->tail->next = req;
+        else
+                c->head = req;
+        c->tail = req;
+        c->inflight++;
+        c->outstanding++;
+        ks_log_debug("request", "peer=%s api_key=%d api_version=%d correlation_id=%d client_id=\"%.*s\" bytes=%zu",
+                     c->peer, hdr.RequestApiKey, hdr.RequestApiVersion, hdr.CorrelationId,
+                     hdr.ClientId.len > 0 ? (int)hdr.ClientId.len : 0, hdr.ClientId.ptr ? hdr.ClientId.ptr : "",
+                     frame_len);
+        c->srv->dispatch(c->srv->ctx, req);
+}
+
+/* Extracts every complete frame from rbuf.  Returns -1 if the connection was
+ * closed. */
+static int conn_process_input(ks_conn_t *c)
+{
+        size_t off = 0;
+        while (!c->closed && c->rlen - off >= 4) {
+                const uint8_t *p = c->rbuf + off;
+                int32_t size = (int32_t)((uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3]);
+                if (size < MIN_FRAME_BYTES || (int64_t)size > c->srv->cfg->max_request_bytes) {
+                        char why[96];
+                        snprintf(why, sizeof(why), "invalid frame size %d (limit %lld)", size,
+                                 (long long)c->srv->cfg->max_request_bytes);
+                        conn_close(c, why);
+                        return -1;
+                }
+                size_t total = 4 + (size_t)size;
+                if (c->rlen - off < total) {
+                        /* Make room for the rest of this frame, growing with
+                         * what the client actually sent (never trusting the
+                         * size prefix for a big allocation up front). */
+                        if (off > 0) {
+                                memmove(c->rbuf, c->rbuf + off, c->rlen - off);
+                                c->rlen -= off;
+                                off = 0;
+                        }
+                        if (c->rcap < total && c->rlen == c->rcap) {
+                                size_t ncap = c->rcap * 2;
+                                if (ncap > total)
+                                        ncap = total;
+                                uint8_t *nb = realloc(c->rbuf, ncap);
+                                if (!nb) {
+                                        conn_close(c, "out of memory");
+                                        return -1;
+                                }
+                                c->rbuf = nb;
+                                c->rcap = ncap;
+                        }
+                        return 0;
+                }
+                uint8_t *frame;
+                if (off == 0 && c->rlen == total && total > STAGE_BYTES / 4) {
+                        /* The buffer holds exactly this frame: hand it over. */
+                        frame = c->rbuf;
+                        c->rbuf = NULL;
+                        c->rlen = c->rcap = 0;
+                } else {
+                        frame = malloc(total);
+                        if (!frame) {
+                                conn_close(c, "out of memory");
+                                return -1;
+                        }
+                        memcpy(frame, p, total);
+                }
+                off += total;
+                conn_start_request(c, frame, total);
+                if (!c->rbuf)
+                        return c->closed ? -1 : 0;
+        }
+        if (c->closed)
+                return -1;
+        if (off > 0) {
+                memmove(c->rbuf, c->rbuf + off, c->rlen - off);
+                c->rlen -= off;
+        }
+        return 0;
+}
+
+static void conn_on_readable(ks_conn_t *c)
+{
+        while (!c->closed && c->reading) {
+                if (!c->rbuf) {
+                        c->rbuf = malloc(STAGE_BYTES);
+                        if (!c->rbuf) {
+                                conn_close(c, "out of memory");
+                                return;
+                        }
+                        c->rcap = STAGE_BYTES;
+                        c->rlen = 0;
+                }
+                if (c->rlen == c->rcap) {
+                        /* Full buffer with no complete frame: only possible for
+                         * a frame larger than rcap; conn_process_input grows it. */
+                        if (conn_process_input(c) < 0)
+                                return;
+                        if (c->rbuf && c->rlen == c->rcap)
+                                return; /* cannot grow further (should not happen) */
+                        continue;
+                }
+                ssize_t n = read(c->fd, c->rbuf + c->rlen, c->rcap - c->rlen);
+                if (n == 0) {
+                        conn_close(c, NULL);
+                        return;
+                }
+                if (n < 0) {
+                        if (errno == EAGAIN || errno == EWOULDBLOCK)
+                                return;
+                        if (errno == EINTR)
+                                continue;
+                        conn_close(c, strerror(errno));
+                        return;
+                }
+                c->rlen += (size_t)n;
+                c->last_active_ms = ks_loop_now_ms();
+                if (conn_process_input(c) < 0)
+                        return;
+                conn_update_events(c);
+        }
+}
+
+static void conn_io_cb(ks_loop_t *loop, void *opaque, uint32_t events)
+{
+        (void)loop;
+        ks_conn_t *c = opaque;
+        if (c->closed)
+                return;
+        if (events & (EPOLLERR | EPOLLHUP)) {
+                conn_close(c, NULL);
+                return;
+        }
+        if (events & EPOLLOUT)
+                conn_flush(c);
+        if (!c->closed && (events & (EPOLLIN | EPOLLRDHUP)))
+                conn_on_readable(c);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Accepting and sweeping                                                    */
+
+static void format_peer(const struct sockaddr_storage *ss, char *out, size_t len)
+{
+        char host[INET6_ADDRSTRLEN] = "?";
+        int port = 0;
+        if (ss->ss_family == AF_INET) {
+                const struct sockaddr_in *a = (const struct sockaddr_in *)ss;
+                inet_ntop(AF_INET, &a->sin_addr, host, sizeof(host));
+                port = ntohs(a->sin_port);
+        } else if (ss->ss_family == AF_INET6) {
+                const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)ss;
+                inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof(host));
+                port = ntohs(a->sin6_port);
+        }
+        snprintf(out, len, "%s:%d", host, port);
+}
+
+static void listen_cb(ks_loop_t *loop, void *opaque, uint32_t events)
+{
+        (void)events;
+        io_thread_t *t = opaque;
+        ks_server_t *srv = t->srv;
+        for (;;) {
+                struct sockaddr_storage ss;
+                socklen_t sl = sizeof(ss);
+                int fd = accept4(srv->listen_fd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+                if (fd < 0) {
+                        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+                                return;
+                        if (errno == ECONNABORTED)
+                                continue;
+                        ks_log_warn("accept_failed", "errno=%d err=\"%s\"", errno, strerror(errno));
+                        return;
+                }
+                char peer[64];
+                format_peer(&ss, peer, sizeof(peer));
+                if (__atomic_add_fetch(&srv->nconns, 1, __ATOMIC_SEQ_CST) > srv->cfg->max_connections) {
+                        __atomic_sub_fetch(&srv->nconns, 1, __ATOMIC_SEQ_CST);
+                        ks_log_warn("connection_refused", "peer=%s reason=\"KAFSCALE_MAX_CONNECTIONS=%d reached\"",
+                                    peer, srv->cfg->max_connections);
+                        close(fd);
+                        continue;
+                }
+                int one = 1;
+                setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+                ks_conn_t *c = calloc(1, sizeof(*c));
+                if (!c) {
+                        __atomic_sub_fetch(&srv->nconns, 1, __ATOMIC_SEQ_CST);
+                        close(fd);
+                        continue;
+                }
+                c->srv = srv;
+                c->loop = loop;
+                c->fd = fd;
+                memcpy(c->peer, peer, sizeof(c->peer));
+                c->last_active_ms = ks_loop_now_ms();
+                c->reading = true;
+                if (ks_loop_io_add(loop, &c->io, fd, EPOLLIN | EPOLLRDHUP, conn_io_cb, c) != 0) {
+                        __atomic_sub_fetch(&srv->nconns, 1, __ATOMIC_SEQ_CST);
+                        close(fd);
+                        free(c);
+                        continue;
+                }
+                c->next_conn = t->conns;
+                if (t->conns)
+                        t->conns->prev_conn = c;
+                t->conns = c;
+                ks_log_debug("connection_accepted", "peer=%s loop=%d", peer, t->index);
+        }
+}
+
+static void sweep_cb(ks_loop_t *loop, ks_timer_t *timer)
+{
+        io_thread_t *t = timer->opaque;
+        int64_t now = ks_loop_now_ms();
+        int64_t idle = t->srv->cfg->idle_timeout_ms;
+        ks_conn_t *c = t->conns;
+        while (c) {
+                ks_conn_t *next = c->next_conn;
+                if (c->inflight == 0 && now - c->last_active_ms >= idle)
+                        conn_close(c, "idle timeout");
+                c = next;
+        }
+        int64_t period = idle / 4 < 1000 ? (idle / 4 > 25 ? idle / 4 : 25) : 1000;
+        ks_timer_arm(loop, timer, now + period);
+}
+
+static void *io_thread_main(void *arg)
+{
+        io_thread_t *t = arg;
+        ks_timer_init(&t->sweep_timer, sweep_cb, t);
+        ks_timer_arm(t->loop, &t->sweep_timer, ks_loop_now_ms() + 25);
+        ks_loop_run(t->loop);
+        return NULL;
+}
+
+/* Runs on each loop at shutdown: stop accepting, close every connection
+ * owned by this loop, and leave the loop. */
+static void io_thread_shutdown(ks_loop_t *loop, void *arg)
+{
+        io_thread_t *t = arg;
+        ks_loop_io_del(loop, &t->listen_io);
+        ks_timer_cancel(loop, &t->sweep_timer);
+        while (t->conns)
+                conn_close(t->conns, NULL);
+        ks_loop_stop(loop);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Server                                                                    */
+
+ks_server_t *ks_server_new(const ks_config_t *cfg, ks_dispatch_fn *dispatch, void *ctx)
+{
+        ks_server_t *srv = calloc(1, sizeof(*srv));
+        if (!srv)
+                return NULL;
+        srv->cfg = cfg;
+        srv->dispatch = dispatch;
+        srv->ctx = ctx;
+        srv->listen_fd = -1;
+        return srv;
+}
+
+static int bind_listener(ks_server_t *srv)
+{
+        const ks_config_t *cfg = srv->cfg;
+        struct addrinfo hints = { 0 }, *res = NULL;
+        hints.ai_family = AF_UNSPEC;
+        hints.ai_socktype = SOCK_STREAM;
+        hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+        char port[16];
+        snprintf(port, sizeof(port), "%d", cfg->listen_port);
+        const char *host = cfg->listen_host[0] ? cfg->listen_host : NULL;
+        int rc = getaddrinfo(host, port, &hints, &res);
+        if (rc != 0) {
+                ks_log_error("listen_failed", "host=\"%s\" port=%d err=\"%s\" fix=\"check KAFSCALE_BROKER_ADDR\"",
+                             cfg->listen_host, cfg->listen_port, gai_strerror(rc));
+                return -1;
+        }
+        /* Prefer IPv4 for the wildcard (0.0.0.0), as Kafka does by default. */
+        struct addrinfo *ai = res;
+        for (struct addrinfo *it = res; it; it = it->ai_next)
+                if (it->ai_family == AF_INET) {
+                        ai = it;
+                        break;
+                }
+        int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        if (fd < 0) {
+                ks_log_error("socket_failed", "errno=%d err=\"%s\"", errno, strerror(errno));
+                freeaddrinfo(res);
+                return -1;
+        }
+        int one = 1;
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+        if (bind(fd, ai->ai_addr, ai->ai_addrlen) != 0 || listen(fd, 1024) != 0) {
+                ks_log_error("listen_failed", "addr=\"%s:%d\" errno=%d err=\"%s\" fix=\"choose a free port with "
+                                              "KAFSCALE_BROKER_ADDR\"",
+                             cfg->listen_host, cfg->listen_port, errno, strerror(errno));
+                close(fd);
+                freeaddrinfo(res);
+                return -1;
+        }
+        struct sockaddr_storage ss;
+        socklen_t sl = sizeof(ss);
+        getsockname(fd, (struct sockaddr *)&ss, &sl);
+        srv->port = ntohs(ss.ss_family == AF_INET ? ((struct sockaddr_in *)&ss)->sin_port
+                                                  : ((struct sockaddr_in6 *)&ss)->sin6_port);
+        freeaddrinfo(res);
+        srv->listen_fd = fd;
+        return 0;
+}
+
+int ks_server_start(ks_server_t *srv)
+{
+        if (bind_listener(srv) != 0)
+                return -1;
+        srv->nthreads = srv->cfg->io_threads;
+        srv->threads = calloc((size_t)srv->nthreads, sizeof(io_thread_t));
+        if (!srv->threads)
+                return -1;
+        for (int i = 0; i < srv->nthreads; i++) {
+                io_thread_t *t = &srv->threads[i];
+                t->srv = srv;
+                t->index = i;
+                t->loop = ks_loop_new(i);
+                if (!t->loop)
+                        return -1;
+                /* Every loop listens; EPOLLEXCLUSIVE wakes one of them per
+                 * incoming connection, spreading connections over threads. */
+                if (ks_loop_io_add(t->loop, &t->listen_io, srv->listen_fd, EPOLLIN | EPOLLEXCLUSIVE, listen_cb, t) !=
+                    0)
+                        return -1;
+        }
+        for (int i = 0; i < srv->nthreads; i++) {
+                io_thread_t *t = &srv->threads[i];
+                if (pthread_create(&t->thread, NULL, io_thread_main, t) != 0) {
+                        ks_log_error("thread_create_failed", "what=io_thread index=%d", i);
+                        return -1;
+                }
+                char name[16];
+                snprintf(name, sizeof(name), "ks-io-%u", (unsigned)(uint16_t)i);
+                pthread_setname_np(t->thread, name);
+        }
+        srv->started = true;
+        return 0;
+}
+
+int ks_server_port(const ks_server_t *srv)
+{
+        return srv->port;
+}
+
+void ks_server_stop(ks_server_t *srv)
+{
+        if (!srv->started)
+                return;
+        for (int i = 0; i < srv->nthreads; i++)
+                if (ks_loop_post(srv->threads[i].loop, io_thread_shutdown, &srv->threads[i]) != 0)
+                        ks_loop_stop(srv->threads[i].loop);
+        for (int i = 0; i < srv->nthreads; i++)
+                pthread_join(srv->threads[i].thread, NULL);
+        srv->started = false;
+}
+
+void ks_server_destroy(ks_server_t *srv)
+{
+        if (!srv)
+                return;
+        ks_server_stop(srv);
+        for (int i = 0; i < srv->nthreads; i++)
+                ks_loop_destroy(srv->threads[i].loop);
+        free(srv->threads);
+        if (srv->listen_fd >= 0)
+                close(srv->listen_fd);
+        free(srv);
+}

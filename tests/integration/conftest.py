@@ -1,0 +1,251 @@
+"""pytest fixtures for Kafscale integration tests.
+
+`broker` (function scope) starts a fresh broker for each test:
+
+    KAFSCALE_BROKER_BIN   broker binary (default: <repo>/build/kafscale-broker)
+
+The broker gets this environment (inherited KAFSCALE_* variables are dropped,
+everything else, e.g. ASAN_OPTIONS, is passed through):
+
+    KAFSCALE_DATA_DIR      <fresh temp dir>/data
+    KAFSCALE_BROKER_ADDR   127.0.0.1:<free port>     (Kafka listener)
+    KAFSCALE_BROKER_HOST   127.0.0.1                 (advertised host)
+    KAFSCALE_BROKER_PORT   <same port>               (advertised port)
+    KAFSCALE_METRICS_ADDR  127.0.0.1:<another free port>
+    KAFSCALE_LOG_LEVEL     debug
+
+stdout and stderr go to <temp dir>/broker.log. The fixture waits (10 s at
+most) until the port accepts connections. After the test the broker gets
+SIGTERM (SIGKILL after 10 s); the test then fails unless every exit was
+status 0 and the log has no sanitizer reports.
+
+A module that wants one broker for all its tests uses `module_broker`
+instead. A module that needs extra broker environment (e.g. etcd/S3 settings)
+overrides the module-scoped `broker_extra_env` fixture.
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_BROKER_BIN = REPO_ROOT / "build" / "kafscale-broker"
+
+START_DEADLINE_S = 10.0
+STOP_DEADLINE_S = 10.0
+LOG_TAIL_LINES = 80
+
+# Lines that mean a sanitizer reported a problem.
+SANITIZER_MARKERS = (
+    "AddressSanitizer",
+    "LeakSanitizer",
+    "UndefinedBehaviorSanitizer",
+    "ThreadSanitizer",
+    "runtime error:",
+)
+
+
+def free_ports(n):
+    """n distinct free TCP ports on 127.0.0.1 (bound together, then released)."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+class Broker:
+    """A broker subprocess. Attributes: host, port, bootstrap, metrics_port,
+    data_dir, log_path, proc. Methods: start(), stop(), restart(), kill()."""
+
+    def __init__(self, binary, workdir, extra_env=None):
+        self.binary = Path(binary)
+        self.workdir = Path(workdir)
+        self.data_dir = self.workdir / "data"
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = self.workdir / "broker.log"
+        self.host = "127.0.0.1"
+        self.port, self.metrics_port = free_ports(2)
+        self.extra_env = dict(extra_env or {})
+        self.proc = None
+        self.starts = 0
+        self.unclean_exits = []  # (incarnation, returncode) of unexpected exits
+
+    @property
+    def bootstrap(self):
+        return "%s:%d" % (self.host, self.port)
+
+    def env(self):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("KAFSCALE_")}
+        env.update({
+            "KAFSCALE_DATA_DIR": str(self.data_dir),
+            "KAFSCALE_BROKER_ADDR": "%s:%d" % (self.host, self.port),
+            "KAFSCALE_BROKER_HOST": self.host,
+            "KAFSCALE_BROKER_PORT": str(self.port),
+            "KAFSCALE_METRICS_ADDR": "%s:%d" % (self.host, self.metrics_port),
+            "KAFSCALE_LOG_LEVEL": "debug",
+        })
+        env.update(self.extra_env)
+        return env
+
+    # --- logs ------------------------------------------------------------
+    def log_text(self):
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def log_tail(self, n=LOG_TAIL_LINES):
+        lines = self.log_text().splitlines()
+        return "\n".join(lines[-n:])
+
+    def sanitizer_lines(self):
+        return [l for l in self.log_text().splitlines()
+                if any(m in l for m in SANITIZER_MARKERS)]
+
+    def _note(self, text):
+        with open(self.log_path, "a") as f:
+            f.write("=== test harness: %s ===\n" % text)
+
+    def _fail(self, msg):
+        pytest.fail("%s\n--- broker log (%s), last %d lines ---\n%s"
+                    % (msg, self.log_path, LOG_TAIL_LINES, self.log_tail()),
+                    pytrace=False)
+
+    # --- lifecycle -------------------------------------------------------
+    def is_running(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def start(self):
+        assert not self.is_running(), "broker already running"
+        if not self.binary.is_file() or not os.access(self.binary, os.X_OK):
+            pytest.fail("broker binary %s not found or not executable "
+                        "(build it with `make`, or set KAFSCALE_BROKER_BIN)" % self.binary,
+                        pytrace=False)
+        self.starts += 1
+        self._note("start #%d: %s on %s" % (self.starts, self.binary, self.bootstrap))
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [str(self.binary)], env=self.env(), cwd=str(self.workdir),
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+        self._wait_ready()
+
+    def _wait_ready(self):
+        deadline = time.monotonic() + START_DEADLINE_S
+        while True:
+            rc = self.proc.poll()
+            if rc is not None:
+                self._fail("broker exited with status %d during start-up" % rc)
+            try:
+                with socket.create_connection((self.host, self.port), timeout=0.5):
+                    return
+            except OSError:
+                pass
+            if time.monotonic() >= deadline:
+                self._fail("broker did not accept connections on %s within %.0f s"
+                           % (self.bootstrap, START_DEADLINE_S))
+            time.sleep(0.02)
+
+    def stop(self):
+        """SIGTERM and wait; SIGKILL after STOP_DEADLINE_S. Returns the exit status.
+        A non-zero status (or a SIGKILL) is recorded and fails the test at teardown."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=STOP_DEADLINE_S)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                self._note("start #%d: no exit %.0f s after SIGTERM; killed with SIGKILL"
+                           % (self.starts, STOP_DEADLINE_S))
+                self.unclean_exits.append((self.starts, "hung after SIGTERM"))
+                return self.proc.returncode
+        rc = self.proc.returncode
+        self._note("start #%d exited with status %d" % (self.starts, rc))
+        if rc != 0:
+            self.unclean_exits.append((self.starts, rc))
+        return rc
+
+    def kill(self):
+        """SIGKILL on purpose (crash tests); not counted as an unclean exit."""
+        if self.is_running():
+            self.proc.kill()
+            self.proc.wait()
+            self._note("start #%d killed with SIGKILL by the test" % self.starts)
+
+    def restart(self):
+        """Stop (SIGTERM) and start again with the same data dir and ports."""
+        rc = self.stop()
+        if rc is not None and rc != 0:
+            self._fail("broker exited with status %s on SIGTERM before restart" % rc)
+        self.start()
+
+    def finish(self):
+        """Teardown: stop, then fail on unclean exits or sanitizer reports."""
+        self.stop()
+        problems = []
+        if self.unclean_exits:
+            problems.append("unclean broker exit(s) (start #, status): %r" % self.unclean_exits)
+        san = self.sanitizer_lines()
+        if san:
+            problems.append("sanitizer reports in broker log:\n  " + "\n  ".join(san[:20]))
+        if problems:
+            self._fail("\n".join(problems))
+
+
+def _broker_bin():
+    return Path(os.environ.get("KAFSCALE_BROKER_BIN") or DEFAULT_BROKER_BIN).resolve()
+
+
+@pytest.fixture(scope="module")
+def broker_extra_env():
+    """Extra environment for the broker; override in a test module to change mode."""
+    return {}
+
+
+def _run_broker(tmp_path_factory, extra_env):
+    b = Broker(_broker_bin(), tmp_path_factory.mktemp("broker"), extra_env)
+    try:
+        b.start()
+    except BaseException:
+        b.stop()  # start-up already failed with the log attached; just clean up
+        raise
+    try:
+        yield b
+    finally:
+        b.finish()
+
+
+@pytest.fixture
+def broker(tmp_path_factory, broker_extra_env):
+    """A fresh broker for this test."""
+    yield from _run_broker(tmp_path_factory, broker_extra_env)
+
+
+@pytest.fixture(scope="module")
+def module_broker(tmp_path_factory, broker_extra_env):
+    """One broker shared by all tests of a module (opt-in)."""
+    yield from _run_broker(tmp_path_factory, broker_extra_env)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Attach the broker log tail to a failing test's report."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.when == "call" and report.failed:
+        funcargs = getattr(item, "funcargs", {}) or {}
+        for b in (v for v in funcargs.values() if isinstance(v, Broker)):
+            report.sections.append(("broker log tail: %s" % b.log_path, b.log_tail()))
