@@ -41,6 +41,9 @@ UNIT       := $(BUILD)/kafscale-unit-tests
 .PHONY: all run test test-unit test-integration asan fuzz gen deps test-deps clean
 all: $(BROKER) $(UNIT) $(EX_BIN)
 
+# Generated sources are kept (not removed as intermediates).
+.SECONDARY: $(PROTO_C) $(PROTO_H)
+
 $(BUILD)/gen/%.pb-c.c $(BUILD)/gen/%.pb-c.h: proto/%.proto
 	@mkdir -p $(BUILD)/gen
 	protoc-c --proto_path=proto --c_out=$(BUILD)/gen $<
@@ -97,7 +100,7 @@ asan:
 FUZZ_SRC := $(sort $(wildcard tests/fuzz/*.c))
 FUZZ_BIN := $(patsubst tests/fuzz/%.c,$(BUILD)/fuzz/%,$(FUZZ_SRC))
 fuzz: $(FUZZ_BIN)
-$(BUILD)/fuzz/%: tests/fuzz/%.c $(LIB_SRC) $(PROTO_C)
+$(BUILD)/fuzz/%: tests/fuzz/%.c $(LIB_SRC) $(PROTO_C) $(PROTO_H)
 	@mkdir -p $(dir $@)
 	clang -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined -Isrc -I$(BUILD)/gen \
 	  $(PKG_CFLAGS) -o $@ $< $(LIB_SRC) $(PROTO_C) $(LDLIBS)
