@@ -12,9 +12,17 @@
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
+#include <stdlib.h>
 #include <sys/stat.h>
 
 #include "util/log.h"
+
+static ks_err_t open_s3(ks_broker_t *b, char *where, size_t wlen)
+{
+        (void)b;
+        snprintf(where, wlen, "bucket %s", b->cfg->s3_bucket);
+        return KS_ERR__UNAVAILABLE;
+}
 
 static int make_dir(const char *path)
 {
@@ -65,6 +73,76 @@ static int open_metadata_store(ks_broker_t *b)
         return 0;
 }
 
+static int open_object_store(ks_broker_t *b)
+{
+        const ks_config_t *cfg = b->cfg;
+        ks_err_t err;
+        const char *backend;
+        char where[1200] = "";
+        if (cfg->memory_s3) {
+                backend = "memory";
+                err = ks_objstore_memory_new(&b->store);
+        } else if (cfg->s3_bucket[0]) {
+                backend = "s3";
+                err = open_s3(b, where, sizeof(where));
+        } else {
+                backend = "local";
+                snprintf(where, sizeof(where), "%s/objects", cfg->data_dir);
+                err = ks_objstore_local_new(where, &b->store);
+        }
+        if (err) {
+                ks_log_error("object_store_failed", "backend=%s where=\"%s\" err=%s", backend, where, ks_err_name(err));
+                return -1;
+        }
+        char msg[512] = "";
+        err = ks_objstore_check(b->store, msg, sizeof(msg));
+        if (err) {
+                ks_log_error("object_store_unusable", "backend=%s where=\"%s\" err=%s reason=\"%s\"", backend, where,
+                             ks_err_name(err), msg);
+                return -1;
+        }
+        b->log_cfg.ns = cfg->s3_namespace;
+        b->log_cfg.flush_interval_ms =
+                cfg->flush_interval_ms >= 0 ? cfg->flush_interval_ms : ks_config_default_flush_interval(backend);
+        b->log_cfg.segment_bytes = cfg->segment_bytes;
+        b->log_cfg.cache_bytes = cfg->cache_bytes;
+        b->log_cfg.readahead_segments = cfg->readahead_segments;
+        b->log_cfg.upload_threads = cfg->storage_threads;
+        b->log_cfg.max_batch_bytes = cfg->max_message_bytes;
+        ks_log_info("object_store_ready", "backend=%s where=\"%s\" namespace=%s flush_interval_ms=%lld segment_bytes=%lld",
+                    backend, where, cfg->s3_namespace, (long long)b->log_cfg.flush_interval_ms,
+                    (long long)b->log_cfg.segment_bytes);
+        return 0;
+}
+
+/* Opens the partition logs of every known topic (recovery). */
+static int open_logs(ks_broker_t *b)
+{
+        ks_err_t err = ks_log_open(&b->log_cfg, b->store, b->meta, &b->log);
+        if (err) {
+                ks_log_error("log_open_failed", "err=%s", ks_err_name(err));
+                return -1;
+        }
+        ks_topic_t *topics = NULL;
+        int n = ks_meta_topics_snapshot(b->meta, &topics);
+        if (n < 0)
+                return -1;
+        int64_t t0 = ks_clock_mono_ms(ks_clock_system());
+        int partitions = 0;
+        for (int i = 0; i < n && !err; i++) {
+                err = ks_log_topic_open(b->log, &topics[i]);
+                partitions += topics[i].partitions;
+        }
+        free(topics);
+        if (err) {
+                ks_log_error("recovery_failed", "err=%s", ks_err_name(err));
+                return -1;
+        }
+        ks_log_info("recovery_complete", "topics=%d partitions=%d ms=%lld", n, partitions,
+                    (long long)(ks_clock_mono_ms(ks_clock_system()) - t0));
+        return 0;
+}
+
 int ks_broker_start(ks_broker_t *b, const ks_config_t *cfg)
 {
         memset(b, 0, sizeof(*b));
@@ -76,6 +154,8 @@ int ks_broker_start(ks_broker_t *b, const ks_config_t *cfg)
                 ks_log_error("metadata_open_failed", "err=%s", ks_err_name(err));
                 goto fail;
         }
+        if (open_object_store(b) != 0 || open_logs(b) != 0)
+                goto fail;
         b->workq = ks_workq_new("ks-work", 4);
         if (!b->workq)
                 goto fail;
@@ -97,9 +177,16 @@ fail:
 
 void ks_broker_stop(ks_broker_t *b)
 {
+        b->stopping = 1;
         if (b->workq) {
                 ks_workq_destroy(b->workq);
                 b->workq = NULL;
+        }
+        /* Flush buffered records while the I/O loops still deliver the
+         * acknowledgements. */
+        if (b->log) {
+                ks_log_close(b->log);
+                b->log = NULL;
         }
         if (b->server) {
                 ks_server_destroy(b->server);
@@ -112,5 +199,9 @@ void ks_broker_stop(ks_broker_t *b)
         if (b->kv) {
                 ks_kv_destroy(b->kv);
                 b->kv = NULL;
+        }
+        if (b->store) {
+                ks_objstore_destroy(b->store);
+                b->store = NULL;
         }
 }

@@ -14,6 +14,7 @@
 #define KS_BROKER_BROKER_H
 
 #include "config/config.h"
+#include "log/log.h"
 #include "meta/kv.h"
 #include "meta/metadata.h"
 #include "net/server.h"
@@ -25,7 +26,11 @@ typedef struct ks_broker {
         ks_meta_t *meta;        /* owned */
         ks_workq_t *workq;      /* owned: blocking metadata work */
         ks_server_t *server;    /* owned */
+        ks_objstore_t *store;   /* owned: where records are durable */
+        ks_log_t *log;          /* owned: partition logs */
+        ks_log_config_t log_cfg;
         const char *mode;       /* "embedded" or "memory" */
+        volatile int stopping;  /* set at shutdown: new requests are refused */
 } ks_broker_t;
 
 /* Opens the backends and starts serving.  0, or -1 after logging what is
@@ -44,6 +49,10 @@ typedef struct ks_handler {
         int16_t api_key;
         int16_t min_version, max_version; /* what we implement and advertise */
         ks_handler_fn *fn;
+        /* Versions in [answer_from, min_version) are decoded and answered by
+         * the handler with a clear error instead of closing the connection
+         * (Produce v0-v2: UNSUPPORTED_VERSION per partition). */
+        int16_t answer_from;
 } ks_handler_t;
 
 /* The handler table and the APIs advertised as unsupported (-1/-1). */
@@ -67,6 +76,9 @@ void ks_handle_metadata(ks_broker_t *b, ks_req_t *req);
 void ks_handle_create_topics(ks_broker_t *b, ks_req_t *req);
 void ks_handle_delete_topics(ks_broker_t *b, ks_req_t *req);
 void ks_handle_describe_cluster(ks_broker_t *b, ks_req_t *req);
+void ks_handle_produce(ks_broker_t *b, ks_req_t *req);
+void ks_handle_fetch(ks_broker_t *b, ks_req_t *req);
+void ks_handle_list_offsets(ks_broker_t *b, ks_req_t *req);
 
 /* Builds the ApiVersions response body into `resp` (arena-allocated arrays). */
 void ks_api_versions_fill(ks_req_t *req, void *resp);

@@ -13,11 +13,14 @@
 #include "util/log.h"
 
 const ks_handler_t ks_handlers[] = {
-        { KS_API_METADATA, 0, 12, ks_handle_metadata },
-        { KS_API_API_VERSIONS, 0, 4, ks_handle_api_versions },
-        { KS_API_CREATE_TOPICS, 0, 7, ks_handle_create_topics },
-        { KS_API_DELETE_TOPICS, 0, 6, ks_handle_delete_topics },
-        { KS_API_DESCRIBE_CLUSTER, 0, 1, ks_handle_describe_cluster },
+        { KS_API_PRODUCE, 3, 11, ks_handle_produce, 0 },
+        { KS_API_FETCH, 4, 17, ks_handle_fetch, 4 },
+        { KS_API_LIST_OFFSETS, 0, 10, ks_handle_list_offsets, 0 },
+        { KS_API_METADATA, 0, 12, ks_handle_metadata, 0 },
+        { KS_API_API_VERSIONS, 0, 4, ks_handle_api_versions, 0 },
+        { KS_API_CREATE_TOPICS, 0, 7, ks_handle_create_topics, 0 },
+        { KS_API_DELETE_TOPICS, 0, 6, ks_handle_delete_topics, 0 },
+        { KS_API_DESCRIBE_CLUSTER, 0, 1, ks_handle_describe_cluster, 0 },
 };
 const int ks_handlers_count = (int)(sizeof(ks_handlers) / sizeof(ks_handlers[0]));
 
@@ -48,7 +51,11 @@ void ks_broker_dispatch(void *ctx, ks_req_t *req)
                 ks_req_close(req, "unsupported API key");
                 return;
         }
-        if (v < h->min_version || v > h->max_version) {
+        if (b->stopping) {
+                ks_req_close(req, "broker shutting down");
+                return;
+        }
+        if (v < h->answer_from || v > h->max_version) {
                 if (h->api_key == KS_API_API_VERSIONS) {
                         /* KIP-511: answer a too-new ApiVersions with v0 and
                          * UNSUPPORTED_VERSION, listing what we support. */

@@ -195,6 +195,8 @@ static void create_topics_work(ks_broker_t *b, ks_req_t *req)
                 }
                 if (!err && !rq->validateOnly) {
                         ks_err_t e = ks_meta_topic_create(b->meta, &t);
+                        if (!e)
+                                e = ks_log_topic_open(b->log, &t);
                         if (e == KS_ERR__EXISTS) {
                                 err = KS_ERR_TOPIC_ALREADY_EXISTS;
                                 snprintf(msg, sizeof(msg), "Topic '%s' already exists.", t.name);
@@ -272,6 +274,8 @@ static void delete_topics_work(ks_broker_t *b, ks_req_t *req)
                 }
                 if (!err) {
                         ks_err_t e = ks_meta_topic_delete(b->meta, t.name, by_id ? &id : NULL);
+                        if (!e)
+                                ks_log_topic_drop(b->log, t.name, &t.id);
                         if (e == KS_ERR__NOT_FOUND) {
                                 err = by_id ? KS_ERR_UNKNOWN_TOPIC_ID : KS_ERR_UNKNOWN_TOPIC_OR_PARTITION;
                         } else if (e) {

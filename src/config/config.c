@@ -33,6 +33,22 @@ static const var_t vars[] = {
         { "KAFSCALE_USE_MEMORY_METADATA", "0", T_BOOL, 0, 0,
           "Keep metadata in process memory (lost on exit; tests and demos)" },
         { "KAFSCALE_ETCD_ENDPOINTS", "", T_STR, 0, 0, "Comma-separated etcd endpoints (cluster mode)" },
+        { "KAFSCALE_USE_MEMORY_S3", "0", T_BOOL, 0, 0,
+          "Keep records in process memory instead of an object store (lost on exit; tests and demos)" },
+        { "KAFSCALE_S3_BUCKET", "", T_STR, 0, 0,
+          "S3 bucket for records (cluster mode); unset: the local directory KAFSCALE_DATA_DIR/objects" },
+        { "KAFSCALE_S3_NAMESPACE", "default", T_STR, 0, 0, "First component of every object key" },
+        { "KAFSCALE_FLUSH_INTERVAL_MS", "", T_INT, 0, 60000,
+          "Longest a produced batch waits before its partition is flushed (default: 2 memory, 5 local "
+          "directory, 150 S3)" },
+        { "KAFSCALE_SEGMENT_BYTES", "4194304", T_INT, 65536, 1073741824,
+          "Target segment object size: a partition flushes when its tail reaches it" },
+        { "KAFSCALE_CACHE_BYTES", "268435456", T_INT, 0, INT64_MAX / 2,
+          "Segment cache budget (recently flushed and recently read segments)" },
+        { "KAFSCALE_READAHEAD_SEGMENTS", "2", T_INT, 0, 16, "Segments read ahead for sequential consumers" },
+        { "KAFSCALE_STORAGE_THREADS", "8", T_INT, 1, 256, "Parallel segment uploads and object-store reads" },
+        { "KAFSCALE_MAX_MESSAGE_BYTES", "1048588", T_INT, 1024, 268435456,
+          "Largest record batch accepted (Kafka's message.max.bytes)" },
         { "KAFSCALE_AUTO_CREATE_TOPICS", "1", T_BOOL, 0, 0,
           "Create unknown topics on Metadata requests that allow it" },
         { "KAFSCALE_DEFAULT_PARTITIONS", "1", T_INT, 1, 100000,
@@ -173,6 +189,40 @@ int ks_config_from_env(ks_config_t *cfg, char *err, size_t errlen)
                 return -1;
         if (get_str("KAFSCALE_ETCD_ENDPOINTS", cfg->etcd_endpoints, sizeof(cfg->etcd_endpoints), err, errlen))
                 return -1;
+        if (get_bool("KAFSCALE_USE_MEMORY_S3", &cfg->memory_s3, err, errlen))
+                return -1;
+        if (get_str("KAFSCALE_S3_BUCKET", cfg->s3_bucket, sizeof(cfg->s3_bucket), err, errlen))
+                return -1;
+        if (get_str("KAFSCALE_S3_NAMESPACE", cfg->s3_namespace, sizeof(cfg->s3_namespace), err, errlen))
+                return -1;
+        cfg->flush_interval_ms = -1;
+        if (getenv("KAFSCALE_FLUSH_INTERVAL_MS")) {
+                if (get_int("KAFSCALE_FLUSH_INTERVAL_MS", &cfg->flush_interval_ms, err, errlen))
+                        return -1;
+        }
+        if (get_int("KAFSCALE_SEGMENT_BYTES", &cfg->segment_bytes, err, errlen))
+                return -1;
+        if (get_int("KAFSCALE_CACHE_BYTES", &cfg->cache_bytes, err, errlen))
+                return -1;
+        if (get_int("KAFSCALE_READAHEAD_SEGMENTS", &x, err, errlen))
+                return -1;
+        cfg->readahead_segments = (int)x;
+        if (get_int("KAFSCALE_STORAGE_THREADS", &x, err, errlen))
+                return -1;
+        cfg->storage_threads = (int)x;
+        if (get_int("KAFSCALE_MAX_MESSAGE_BYTES", &x, err, errlen))
+                return -1;
+        cfg->max_message_bytes = (int32_t)x;
+        if (cfg->s3_namespace[0] == '\0' || strchr(cfg->s3_namespace, '/')) {
+                snprintf(err, errlen, "KAFSCALE_S3_NAMESPACE=\"%s\" is not valid: use a non-empty name without '/'",
+                         cfg->s3_namespace);
+                return -1;
+        }
+        if (cfg->memory_s3 && cfg->s3_bucket[0]) {
+                snprintf(err, errlen, "KAFSCALE_USE_MEMORY_S3 and KAFSCALE_S3_BUCKET are both set: choose one "
+                                      "(unset KAFSCALE_USE_MEMORY_S3 to store records in the bucket)");
+                return -1;
+        }
         if (get_bool("KAFSCALE_AUTO_CREATE_TOPICS", &cfg->auto_create_topics, err, errlen))
                 return -1;
         if (get_int("KAFSCALE_DEFAULT_PARTITIONS", &x, err, errlen))
@@ -230,6 +280,15 @@ int ks_config_from_env(ks_config_t *cfg, char *err, size_t errlen)
                 return -1;
         }
         return 0;
+}
+
+int64_t ks_config_default_flush_interval(const char *backend)
+{
+        if (!strcmp(backend, "s3"))
+                return 150;
+        if (!strcmp(backend, "local"))
+                return 5;
+        return 2;
 }
 
 void ks_config_print_help(FILE *out)

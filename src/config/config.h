@@ -30,6 +30,17 @@ typedef struct ks_config {
         bool memory_metadata;
         char etcd_endpoints[1024];
 
+        /* Object storage and the log. */
+        bool memory_s3;
+        char s3_bucket[256];
+        char s3_namespace[128];
+        int64_t flush_interval_ms;   /* -1 until resolved per backend */
+        int64_t segment_bytes;
+        int64_t cache_bytes;
+        int readahead_segments;
+        int storage_threads;
+        int32_t max_message_bytes;
+
         /* Behaviour. */
         bool auto_create_topics;
         int32_t default_partitions;
@@ -46,6 +57,10 @@ typedef struct ks_config {
 /* Reads the environment into *cfg.  Returns 0, or -1 with a message for the
  * operator in err (what is wrong and how to fix it). */
 int ks_config_from_env(ks_config_t *cfg, char *err, size_t errlen);
+
+/* Default flush interval per object-store backend ("memory", "local",
+ * "s3"), used when KAFSCALE_FLUSH_INTERVAL_MS is not set. */
+int64_t ks_config_default_flush_interval(const char *backend);
 
 /* Prints the table of variables with defaults and descriptions. */
 void ks_config_print_help(FILE *out);

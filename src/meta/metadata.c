@@ -624,3 +624,150 @@ int ks_meta_topics_snapshot(ks_meta_t *m, ks_topic_t **out)
         *out = copy;
         return n;
 }
+
+/* ------------------------------------------------------------------------ */
+/* Partitions: committed end offset and segment manifest                     */
+
+static int partition_key(char *buf, size_t len, const char *topic, int32_t partition, const char *suffix)
+{
+        return snprintf(buf, len, TOPICS_PREFIX "%s/partitions/%d%s", topic, partition, suffix);
+}
+
+static int parse_i64(const uint8_t *p, size_t n, int64_t *out)
+{
+        char buf[24];
+        if (n == 0 || n >= sizeof(buf))
+                return -1;
+        memcpy(buf, p, n);
+        buf[n] = '\0';
+        char *end;
+        long long v = strtoll(buf, &end, 10);
+        if (*end != '\0' || v < 0)
+                return -1;
+        *out = v;
+        return 0;
+}
+
+static int seg_cmp(const void *a, const void *b)
+{
+        const ks_seg_meta_t *x = a, *y = b;
+        return x->base_offset < y->base_offset ? -1 : x->base_offset > y->base_offset;
+}
+
+ks_err_t ks_meta_partition_load(ks_meta_t *m, const char *topic, int32_t partition, ks_partition_meta_t *out)
+{
+        char prefix[320];
+        int plen = partition_key(prefix, sizeof(prefix), topic, partition, "/");
+        uint8_t end[320];
+        size_t elen = ks_kv_prefix_end(prefix, (size_t)plen, end);
+        char next_key[320];
+        int nlen = partition_key(next_key, sizeof(next_key), topic, partition, "/next_offset");
+        const size_t seg_plen = (size_t)plen + sizeof("segments/") - 1;
+
+        memset(out, 0, sizeof(*out));
+        ks_kv_result_t res;
+        ks_err_t err = ks_kv_range(m->kv, prefix, (size_t)plen, end, elen, &res);
+        if (err)
+                return err;
+        bool have_next = false;
+        out->segs = malloc((res.count ? res.count : 1) * sizeof(*out->segs));
+        if (!out->segs) {
+                ks_kv_result_free(&res);
+                return KS_ERR__NOMEM;
+        }
+        for (size_t i = 0; i < res.count && !err; i++) {
+                const ks_kv_pair_t *kv = &res.kvs[i];
+                if (kv->key_len == (size_t)nlen && !memcmp(kv->key, next_key, (size_t)nlen)) {
+                        if (parse_i64(kv->value, kv->value_len, &out->next_offset) != 0)
+                                err = KS_ERR__CORRUPT;
+                        have_next = true;
+                        continue;
+                }
+                if (kv->key_len <= seg_plen || memcmp(kv->key + plen, "segments/", sizeof("segments/") - 1) != 0)
+                        continue;
+                Kafscale__Metadata__SegmentInfo *si =
+                        kafscale__metadata__segment_info__unpack(NULL, kv->value_len, kv->value);
+                if (!si) {
+                        err = KS_ERR__CORRUPT;
+                        break;
+                }
+                ks_seg_meta_t *s = &out->segs[out->nsegs++];
+                s->base_offset = si->base_offset;
+                s->last_offset = si->last_offset;
+                s->size_bytes = si->size_bytes;
+                s->index_size_bytes = si->index_size_bytes;
+                s->max_timestamp = si->max_timestamp;
+                s->max_timestamp_offset = si->max_timestamp_offset;
+                s->record_count = si->record_count;
+                s->created_at_ms = parse_rfc3339_ms(si->created_at);
+                kafscale__metadata__segment_info__free_unpacked(si, NULL);
+        }
+        ks_kv_result_free(&res);
+        if (!err && !have_next)
+                err = KS_ERR__NOT_FOUND;
+        if (err) {
+                ks_log_error("partition_load_failed", "topic=%s partition=%d err=%s", topic, partition,
+                             ks_err_name(err));
+                free(out->segs);
+                memset(out, 0, sizeof(*out));
+                return err;
+        }
+        qsort(out->segs, (size_t)out->nsegs, sizeof(*out->segs), seg_cmp);
+        /* Invariant: segments are contiguous, non-overlapping and end at the
+         * committed end offset. */
+        for (int i = 0; i < out->nsegs; i++) {
+                const ks_seg_meta_t *s = &out->segs[i];
+                bool ok = s->last_offset >= s->base_offset && s->last_offset < out->next_offset &&
+                          (i == 0 || s->base_offset == out->segs[i - 1].last_offset + 1);
+                if (!ok) {
+                        ks_log_error("partition_manifest_inconsistent",
+                                     "topic=%s partition=%d segment_base=%lld segment_last=%lld next_offset=%lld",
+                                     topic, partition, (long long)s->base_offset, (long long)s->last_offset,
+                                     (long long)out->next_offset);
+                        free(out->segs);
+                        memset(out, 0, sizeof(*out));
+                        return KS_ERR__CORRUPT;
+                }
+        }
+        return 0;
+}
+
+ks_err_t ks_meta_partition_commit(ks_meta_t *m, const char *topic, int32_t partition, int64_t expect_next,
+                                  const ks_seg_meta_t *seg)
+{
+        char next_key[320], seg_key[360], expect[24], next[24], created[40];
+        int nlen = partition_key(next_key, sizeof(next_key), topic, partition, "/next_offset");
+        char suffix[48];
+        snprintf(suffix, sizeof(suffix), "/segments/%020lld", (long long)seg->base_offset);
+        int slen = partition_key(seg_key, sizeof(seg_key), topic, partition, suffix);
+        int elen = snprintf(expect, sizeof(expect), "%lld", (long long)expect_next);
+        int xlen = snprintf(next, sizeof(next), "%lld", (long long)(seg->last_offset + 1));
+
+        Kafscale__Metadata__SegmentInfo si = KAFSCALE__METADATA__SEGMENT_INFO__INIT;
+        si.base_offset = seg->base_offset;
+        si.size_bytes = seg->size_bytes;
+        si.created_at = ks_time_rfc3339(seg->created_at_ms, created, sizeof(created));
+        si.last_offset = seg->last_offset;
+        si.max_timestamp = seg->max_timestamp;
+        si.max_timestamp_offset = seg->max_timestamp_offset;
+        si.index_size_bytes = seg->index_size_bytes;
+        si.record_count = seg->record_count;
+        uint8_t sbuf[256];
+        size_t sl = kafscale__metadata__segment_info__get_packed_size(&si);
+        if (sl > sizeof(sbuf))
+                return KS_ERR__INVALID_ARG;
+        kafscale__metadata__segment_info__pack(&si, sbuf);
+
+        const ks_kv_cmp_t cmp = { .key = next_key, .key_len = (size_t)nlen, .target = KS_KV_CMP_VALUE,
+                                  .op = KS_KV_EQUAL, .value = expect, .value_len = (size_t)elen };
+        const ks_kv_op_t ops[2] = {
+                { .type = KS_KV_OP_PUT, .key = next_key, .key_len = (size_t)nlen, .value = next,
+                  .value_len = (size_t)xlen },
+                { .type = KS_KV_OP_PUT, .key = seg_key, .key_len = (size_t)slen, .value = sbuf, .value_len = sl },
+        };
+        bool ok;
+        ks_err_t err = ks_kv_txn(m->kv, &cmp, 1, ops, 2, NULL, 0, &ok, NULL);
+        if (err)
+                return err;
+        return ok ? 0 : KS_ERR__CONFLICT;
+}

@@ -89,6 +89,40 @@ bool ks_meta_topic_get_by_id(ks_meta_t *meta, ks_uuid_t id, ks_topic_t *out);
  * frees.  Non-blocking.  Returns the count, or -1 if memory ran out. */
 int ks_meta_topics_snapshot(ks_meta_t *meta, ks_topic_t **out);
 
+/* --- partitions: committed end offset and segment manifest ------------------ */
+
+/* One durable segment of a partition (its .kfs and .index objects). */
+typedef struct ks_seg_meta {
+        int64_t base_offset;
+        int64_t last_offset;          /* absolute offset of the last record */
+        int64_t size_bytes;           /* size of the .kfs object */
+        int64_t index_size_bytes;
+        int64_t max_timestamp;
+        int64_t max_timestamp_offset;
+        int64_t created_at_ms;
+        int32_t record_count;
+} ks_seg_meta_t;
+
+/* What a partition's owner recovers from the store. */
+typedef struct ks_partition_meta {
+        int64_t next_offset;   /* committed end offset (high watermark) */
+        ks_seg_meta_t *segs;   /* sorted by base offset; malloc'ed, caller frees */
+        int nsegs;
+} ks_partition_meta_t;
+
+/* Reads the committed end offset and the segment manifest of one partition
+ * in one range read.  KS_ERR__NOT_FOUND if the partition has no next-offset
+ * record.  BLOCKING. */
+ks_err_t ks_meta_partition_load(ks_meta_t *meta, const char *topic, int32_t partition, ks_partition_meta_t *out);
+
+/* Commits a flushed segment: in one transaction, if the committed end
+ * offset still equals `expect_next`, sets it to seg->last_offset + 1 and
+ * records the segment in the manifest.  KS_ERR__CONFLICT if someone else
+ * moved the end offset (this broker must stop writing the partition).
+ * BLOCKING. */
+ks_err_t ks_meta_partition_commit(ks_meta_t *meta, const char *topic, int32_t partition, int64_t expect_next,
+                                  const ks_seg_meta_t *seg);
+
 /* Encoding of the records, exposed for tests and tools.  Encode returns a
  * malloc'ed buffer; decode fills *t and returns 0 or KS_ERR__CORRUPT. */
 ks_err_t ks_meta_topic_encode(const ks_topic_t *t, uint8_t **buf, size_t *len);

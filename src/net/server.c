@@ -89,8 +89,30 @@ static void conn_update_events(ks_conn_t *c);
 /* ------------------------------------------------------------------------ */
 /* Requests                                                                  */
 
+typedef struct ks_req_cleanup {
+        struct ks_req_cleanup *next;
+        void (*fn)(void *);
+        void *arg;
+} ks_req_cleanup_t;
+
+int ks_req_add_cleanup(ks_req_t *req, void (*fn)(void *), void *arg)
+{
+        ks_req_cleanup_t *c = ks_arena_alloc(&req->arena, sizeof(*c));
+        if (!c) {
+                fn(arg);
+                return -1;
+        }
+        c->fn = fn;
+        c->arg = arg;
+        c->next = req->cleanups;
+        req->cleanups = c;
+        return 0;
+}
+
 static void req_free(ks_req_t *req)
 {
+        for (ks_req_cleanup_t *c = req->cleanups; c; c = c->next)
+                c->fn(c->arg);
         ks_wbuf_destroy(&req->out);
         ks_arena_destroy(&req->arena);
         free(req->frame);

@@ -43,6 +43,7 @@ struct ks_req {
         char peer[64];              /* "ip:port" of the client */
 
         /* Private to the server. */
+        struct ks_req_cleanup *cleanups;
         ks_conn_t *conn;
         ks_req_t *next;
         uint8_t *frame;             /* owned: the whole frame, size prefix included */
@@ -68,6 +69,12 @@ int ks_server_port(const ks_server_t *srv);
  * still held by handlers are released when they complete. */
 void ks_server_stop(ks_server_t *srv);
 void ks_server_destroy(ks_server_t *srv);
+
+/* Runs fn(arg) when the request is freed, after its response has been
+ * written (releases what the response references, e.g. cached record
+ * data).  Call before completing the request.  0, or -1 if memory ran out
+ * (fn is then called at once). */
+int ks_req_add_cleanup(ks_req_t *req, void (*fn)(void *), void *arg);
 
 /* --- request completion (thread-safe; exactly one per request) ----------- */
 

@@ -41,6 +41,9 @@ FIRST_FLEXIBLE_VERSION = {
 # Version ranges the broker under test must advertise in ApiVersions
 # (checked exactly by the tests): api key -> (min, max).
 KAFSCALE_API_RANGES = {
+    0: (3, 11),   # Produce
+    1: (4, 17),   # Fetch
+    2: (0, 10),   # ListOffsets
     API_VERSIONS: (0, 4),
     METADATA: (0, 12),
     CREATE_TOPICS: (0, 7),

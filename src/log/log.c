@@ -1,0 +1,1416 @@
+/*
+ * log.c — partitions, group commit to object storage, segment cache.
+ *
+ * Locks (take them in this order, never the other way round):
+ *   topics_lock (rwlock)  the topic map
+ *   p->lock               everything in a partition
+ *   sched_lock            the flush heap
+ *   cache_lock            the LRU list and its byte count
+ * None is held across object-store or metadata-store I/O.
+ *
+ * Threads:
+ *   I/O threads      append, read, watch (short critical sections)
+ *   "ks-flush"       the scheduler: pops partitions whose flush is due and
+ *                    hands their sealed chunk to a storage worker
+ *   "ks-store-N"     storage workers: build and upload segments, commit them
+ *                    in the metadata store, load segments for cold reads
+ *
+ * Memory: a segdata_t holds a run of batches (the active chunk, the chunk
+ * being flushed, or a durable segment in the cache).  It is reference
+ * counted: the partition's manifest slot holds one reference while cached,
+ * every read handed to a fetch response holds one until the response is
+ * written.
+ */
+#include "log/log.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "net/workq.h"
+#include "storage/segment.h"
+#include "util/clock.h"
+#include "util/log.h"
+
+#define INDEX_INTERVAL_RECORDS 4096
+#define MAX_RETRY_BACKOFF_MS 5000
+
+/* One batch inside a segdata. */
+typedef struct batchent {
+        int64_t base, last;
+        int64_t max_ts;
+        size_t pos;
+        uint32_t size;
+        int16_t attributes;
+} batchent_t;
+
+typedef struct segdata {
+        int refs; /* atomic */
+        int64_t base, next; /* [base, next) */
+        uint8_t *buf;
+        size_t len, cap;
+        batchent_t *b;
+        int nb, bcap;
+        int32_t records;
+        int64_t max_ts, max_ts_offset;
+        int64_t first_append_ms; /* monotonic */
+
+        /* Cache linkage (cache_lock). */
+        struct segdata *lru_prev, *lru_next;
+        bool in_lru;
+        ks_partition_t *owner;
+} segdata_t;
+
+struct ks_segref {
+        segdata_t d;
+};
+
+typedef struct seg {
+        ks_seg_meta_t m;
+        segdata_t *data; /* cached body, or NULL */
+} seg_t;
+
+typedef struct produce_waiter {
+        struct produce_waiter *next;
+        int64_t threshold; /* durable once high watermark >= threshold */
+        ks_loop_t *loop;
+        ks_produce_done_fn *done;
+        void *opaque;
+        ks_err_t err;
+} produce_waiter_t;
+
+struct ks_partition {
+        ks_log_t *log;
+        int refs; /* atomic */
+        char topic[KS_TOPIC_NAME_MAX + 1];
+        ks_uuid_t topic_id;
+        int32_t index;
+
+        pthread_mutex_t lock;
+        pthread_cond_t idle_cond; /* signalled when an upload finishes */
+        int64_t hwm;
+        int64_t next;
+        seg_t *segs;
+        int nsegs, segcap;
+        segdata_t *active;   /* accepting appends */
+        segdata_t *flushing; /* sealed, being uploaded (one at a time) */
+        bool uploading;
+        int failures;
+        bool storage_failing;
+        bool dropped;
+        produce_waiter_t *pwait_head, *pwait_tail;
+        ks_fetch_waiter_t *fwait;
+
+        /* Scheduler (sched_lock). */
+        int heap_index;
+        int64_t flush_at;
+};
+
+typedef struct topic_entry {
+        char name[KS_TOPIC_NAME_MAX + 1];
+        ks_uuid_t id;
+        ks_partition_t **parts;
+        int nparts;
+} topic_entry_t;
+
+struct ks_log {
+        ks_log_config_t cfg;
+        char ns[128];
+        ks_objstore_t *store;
+        ks_meta_t *meta;
+        ks_workq_t *workers;
+
+        pthread_rwlock_t topics_lock;
+        topic_entry_t **topics;
+        int ntopics, tcap;
+
+        pthread_mutex_t sched_lock;
+        pthread_cond_t sched_cond;
+        ks_partition_t **heap;
+        int heap_len, heap_cap;
+        bool stopping;
+        pthread_t sched_thread;
+
+        pthread_mutex_t cache_lock;
+        segdata_t *lru_head, *lru_tail; /* head = most recently used */
+        size_t cache_used;
+};
+
+static void partition_ref(ks_partition_t *p);
+
+static int64_t now_ms(void)
+{
+        return ks_clock_mono_ms(ks_clock_system());
+}
+
+/* ------------------------------------------------------------------------ */
+/* segdata                                                                   */
+
+static segdata_t *segdata_new(int64_t base)
+{
+        segdata_t *d = calloc(1, sizeof(*d));
+        if (!d)
+                return NULL;
+        d->refs = 1;
+        d->base = base;
+        d->next = base;
+        d->max_ts = -1;
+        d->max_ts_offset = -1;
+        return d;
+}
+
+static void segdata_ref(segdata_t *d)
+{
+        __atomic_add_fetch(&d->refs, 1, __ATOMIC_RELAXED);
+}
+
+static void segdata_unref(segdata_t *d)
+{
+        if (d && __atomic_sub_fetch(&d->refs, 1, __ATOMIC_ACQ_REL) == 0) {
+                free(d->buf);
+                free(d->b);
+                free(d);
+        }
+}
+
+void ks_segref_release(ks_segref_t *ref)
+{
+        segdata_unref((segdata_t *)ref);
+}
+
+static int segdata_reserve(segdata_t *d, size_t more)
+{
+        if (d->len + more > d->cap) {
+                size_t cap = d->cap ? d->cap : 64 * 1024;
+                while (cap < d->len + more)
+                        cap *= 2;
+                uint8_t *nb = realloc(d->buf, cap);
+                if (!nb)
+                        return -1;
+                d->buf = nb;
+                d->cap = cap;
+        }
+        if (d->nb == d->bcap) {
+                int cap = d->bcap ? d->bcap * 2 : 64;
+                batchent_t *nb = realloc(d->b, (size_t)cap * sizeof(*nb));
+                if (!nb)
+                        return -1;
+                d->b = nb;
+                d->bcap = cap;
+        }
+        return 0;
+}
+
+/* Records a batch that is already at d->buf + pos (base offset patched). */
+static void segdata_note_batch(segdata_t *d, const ks_batch_info_t *bi, int64_t base, size_t pos)
+{
+        batchent_t *e = &d->b[d->nb++];
+        e->base = base;
+        e->last = base + bi->last_offset_delta;
+        e->max_ts = bi->max_timestamp;
+        e->pos = pos;
+        e->size = (uint32_t)bi->size;
+        e->attributes = bi->attributes;
+        d->records += bi->records_count;
+        if (bi->max_timestamp > d->max_ts) {
+                d->max_ts = bi->max_timestamp;
+                d->max_ts_offset = e->last;
+        }
+        d->next = e->last + 1;
+}
+
+/* Index of the batch holding `offset` (or the first after it). */
+static int segdata_find(const segdata_t *d, int64_t offset)
+{
+        int lo = 0, hi = d->nb;
+        while (lo < hi) {
+                int mid = (lo + hi) / 2;
+                if (d->b[mid].last < offset)
+                        lo = mid + 1;
+                else
+                        hi = mid;
+        }
+        return lo;
+}
+
+/* Builds a segdata from a verified segment body (cold read). */
+static ks_err_t segdata_from_body(const uint8_t *body, size_t len, int64_t base, segdata_t **out)
+{
+        segdata_t *d = segdata_new(base);
+        if (!d)
+                return KS_ERR__NOMEM;
+        size_t pos = 0;
+        while (pos < len) {
+                ks_batch_info_t bi;
+                if (ks_batch_header_parse(body + pos, len - pos, &bi) != 0 || bi.size > len - pos) {
+                        segdata_unref(d);
+                        return KS_ERR__CORRUPT;
+                }
+                if (segdata_reserve(d, 0) != 0) {
+                        segdata_unref(d);
+                        return KS_ERR__NOMEM;
+                }
+                segdata_note_batch(d, &bi, bi.base_offset, pos);
+                pos += bi.size;
+        }
+        d->buf = malloc(len ? len : 1);
+        if (!d->buf) {
+                segdata_unref(d);
+                return KS_ERR__NOMEM;
+        }
+        memcpy(d->buf, body, len);
+        d->len = d->cap = len;
+        *out = d;
+        return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Cache                                                                     */
+
+static size_t segdata_cost(const segdata_t *d)
+{
+        return d->cap + (size_t)d->bcap * sizeof(batchent_t) + sizeof(*d);
+}
+
+static void lru_unlink_locked(ks_log_t *log, segdata_t *d)
+{
+        if (d->lru_prev)
+                d->lru_prev->lru_next = d->lru_next;
+        else
+                log->lru_head = d->lru_next;
+        if (d->lru_next)
+                d->lru_next->lru_prev = d->lru_prev;
+        else
+                log->lru_tail = d->lru_prev;
+        d->lru_prev = d->lru_next = NULL;
+        d->in_lru = false;
+        log->cache_used -= segdata_cost(d);
+}
+
+static void lru_push_locked(ks_log_t *log, segdata_t *d)
+{
+        d->lru_prev = NULL;
+        d->lru_next = log->lru_head;
+        if (log->lru_head)
+                log->lru_head->lru_prev = d;
+        log->lru_head = d;
+        if (!log->lru_tail)
+                log->lru_tail = d;
+        d->in_lru = true;
+        log->cache_used += segdata_cost(d);
+}
+
+/* Marks d recently used (caller holds d's partition lock). */
+static void cache_touch(ks_log_t *log, segdata_t *d)
+{
+        pthread_mutex_lock(&log->cache_lock);
+        if (d->in_lru && log->lru_head != d) {
+                lru_unlink_locked(log, d);
+                lru_push_locked(log, d);
+        }
+        pthread_mutex_unlock(&log->cache_lock);
+}
+
+/* Evicts least recently used segments until the cache fits its budget.
+ * Call with no partition lock held. */
+static void cache_evict(ks_log_t *log)
+{
+        for (;;) {
+                pthread_mutex_lock(&log->cache_lock);
+                segdata_t *victim = NULL;
+                ks_partition_t *p = NULL;
+                /* The most recently used segment always stays, so that a
+                 * tiny budget still lets a reader use what it just loaded. */
+                if (log->cache_used > (size_t)log->cfg.cache_bytes && log->lru_tail &&
+                    log->lru_tail != log->lru_head) {
+                        victim = log->lru_tail;
+                        lru_unlink_locked(log, victim);
+                        p = victim->owner;
+                        partition_ref(p); /* keeps p alive once the cache lock is released */
+                }
+                pthread_mutex_unlock(&log->cache_lock);
+                if (!victim)
+                        return;
+                pthread_mutex_lock(&p->lock);
+                for (int i = 0; i < p->nsegs; i++) {
+                        if (p->segs[i].data == victim) {
+                                p->segs[i].data = NULL;
+                                segdata_unref(victim); /* the slot's reference */
+                                break;
+                        }
+                }
+                pthread_mutex_unlock(&p->lock);
+                ks_partition_release(p);
+        }
+}
+
+/* Puts d, just stored in a manifest slot of its owner, in the LRU.  The
+ * caller holds the owner's lock; it calls cache_evict() after releasing it. */
+static void cache_insert_locked(ks_log_t *log, segdata_t *d)
+{
+        pthread_mutex_lock(&log->cache_lock);
+        if (!d->in_lru)
+                lru_push_locked(log, d);
+        pthread_mutex_unlock(&log->cache_lock);
+}
+
+static void cache_forget_locked_partition(ks_log_t *log, ks_partition_t *p)
+{
+        /* Caller holds p->lock. */
+        for (int i = 0; i < p->nsegs; i++) {
+                segdata_t *d = p->segs[i].data;
+                if (!d)
+                        continue;
+                pthread_mutex_lock(&log->cache_lock);
+                if (d->in_lru)
+                        lru_unlink_locked(log, d);
+                pthread_mutex_unlock(&log->cache_lock);
+                p->segs[i].data = NULL;
+                segdata_unref(d);
+        }
+}
+
+/* ------------------------------------------------------------------------ */
+/* Partitions                                                                */
+
+static void partition_ref(ks_partition_t *p)
+{
+        __atomic_add_fetch(&p->refs, 1, __ATOMIC_RELAXED);
+}
+
+static void partition_free(ks_partition_t *p)
+{
+        for (int i = 0; i < p->nsegs; i++)
+                segdata_unref(p->segs[i].data);
+        free(p->segs);
+        segdata_unref(p->active);
+        segdata_unref(p->flushing);
+        pthread_mutex_destroy(&p->lock);
+        pthread_cond_destroy(&p->idle_cond);
+        free(p);
+}
+
+void ks_partition_release(ks_partition_t *p)
+{
+        if (p && __atomic_sub_fetch(&p->refs, 1, __ATOMIC_ACQ_REL) == 0)
+                partition_free(p);
+}
+
+static int64_t log_start_locked(const ks_partition_t *p)
+{
+        return p->nsegs > 0 ? p->segs[0].m.base_offset : p->hwm;
+}
+
+void ks_partition_offsets(ks_partition_t *p, ks_partition_offsets_t *out)
+{
+        pthread_mutex_lock(&p->lock);
+        out->log_start = log_start_locked(p);
+        out->high_watermark = p->hwm;
+        out->next_offset = p->next;
+        pthread_mutex_unlock(&p->lock);
+}
+
+static ks_err_t partition_load(ks_log_t *log, const ks_topic_t *t, int32_t index, ks_partition_t **out)
+{
+        ks_partition_meta_t pm;
+        ks_err_t err = ks_meta_partition_load(log->meta, t->name, index, &pm);
+        if (err)
+                return err;
+        ks_partition_t *p = calloc(1, sizeof(*p));
+        if (!p) {
+                free(pm.segs);
+                return KS_ERR__NOMEM;
+        }
+        p->log = log;
+        p->refs = 1;
+        snprintf(p->topic, sizeof(p->topic), "%s", t->name);
+        p->topic_id = t->id;
+        p->index = index;
+        pthread_mutex_init(&p->lock, NULL);
+        pthread_cond_init(&p->idle_cond, NULL);
+        p->hwm = p->next = pm.next_offset;
+        p->heap_index = -1;
+        p->segcap = pm.nsegs > 8 ? pm.nsegs : 8;
+        p->segs = calloc((size_t)p->segcap, sizeof(*p->segs));
+        if (!p->segs) {
+                free(pm.segs);
+                partition_free(p);
+                return KS_ERR__NOMEM;
+        }
+        for (int i = 0; i < pm.nsegs; i++)
+                p->segs[i].m = pm.segs[i];
+        p->nsegs = pm.nsegs;
+        free(pm.segs);
+        *out = p;
+        return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Flush scheduler                                                           */
+
+static void heap_swap(ks_log_t *log, int a, int b)
+{
+        ks_partition_t *t = log->heap[a];
+        log->heap[a] = log->heap[b];
+        log->heap[b] = t;
+        log->heap[a]->heap_index = a;
+        log->heap[b]->heap_index = b;
+}
+
+static void heap_fix(ks_log_t *log, int i)
+{
+        while (i > 0 && log->heap[(i - 1) / 2]->flush_at > log->heap[i]->flush_at) {
+                heap_swap(log, i, (i - 1) / 2);
+                i = (i - 1) / 2;
+        }
+        for (;;) {
+                int l = 2 * i + 1, r = l + 1, m = i;
+                if (l < log->heap_len && log->heap[l]->flush_at < log->heap[m]->flush_at)
+                        m = l;
+                if (r < log->heap_len && log->heap[r]->flush_at < log->heap[m]->flush_at)
+                        m = r;
+                if (m == i)
+                        return;
+                heap_swap(log, i, m);
+                i = m;
+        }
+}
+
+static void heap_remove(ks_log_t *log, ks_partition_t *p)
+{
+        int i = p->heap_index;
+        if (i < 0)
+                return;
+        int last = log->heap_len - 1;
+        if (i != last)
+                heap_swap(log, i, last);
+        log->heap_len--;
+        p->heap_index = -1;
+        if (i != last)
+                heap_fix(log, i);
+}
+
+/* Asks for a flush of p no later than `at` (monotonic ms).  The heap holds
+ * a partition reference while p is queued. */
+static void schedule_flush(ks_log_t *log, ks_partition_t *p, int64_t at)
+{
+        pthread_mutex_lock(&log->sched_lock);
+        if (p->heap_index >= 0) {
+                if (at < p->flush_at) {
+                        p->flush_at = at;
+                        heap_fix(log, p->heap_index);
+                        pthread_cond_signal(&log->sched_cond);
+                }
+        } else {
+                if (log->heap_len == log->heap_cap) {
+                        int cap = log->heap_cap ? log->heap_cap * 2 : 64;
+                        ks_partition_t **h = realloc(log->heap, (size_t)cap * sizeof(*h));
+                        if (!h) {
+                                pthread_mutex_unlock(&log->sched_lock);
+                                ks_log_error("flush_schedule_oom", "topic=%s partition=%d", p->topic, p->index);
+                                return;
+                        }
+                        log->heap = h;
+                        log->heap_cap = cap;
+                }
+                partition_ref(p);
+                p->flush_at = at;
+                p->heap_index = log->heap_len;
+                log->heap[log->heap_len++] = p;
+                heap_fix(log, p->heap_index);
+                pthread_cond_signal(&log->sched_cond);
+        }
+        pthread_mutex_unlock(&log->sched_lock);
+}
+
+static void upload_job(void *arg);
+
+/* Scheduler: the flush of p is due. */
+static void flush_due(ks_log_t *log, ks_partition_t *p)
+{
+        pthread_mutex_lock(&p->lock);
+        bool go = false;
+        if (p->dropped) {
+                /* nothing */
+        } else if (p->uploading) {
+                /* The completion reschedules. */
+        } else if (p->flushing) {
+                go = true; /* a retry */
+        } else if (p->active && p->active->nb > 0) {
+                p->flushing = p->active;
+                p->active = NULL;
+                go = true;
+        }
+        if (go)
+                p->uploading = true;
+        pthread_mutex_unlock(&p->lock);
+        if (!go)
+                return;
+        partition_ref(p);
+        if (ks_workq_submit(log->workers, upload_job, p) != 0) {
+                pthread_mutex_lock(&p->lock);
+                p->uploading = false;
+                pthread_mutex_unlock(&p->lock);
+                ks_partition_release(p);
+                ks_log_error("flush_submit_failed", "topic=%s partition=%d", p->topic, p->index);
+        }
+}
+
+static void *sched_main(void *arg)
+{
+        ks_log_t *log = arg;
+        pthread_mutex_lock(&log->sched_lock);
+        for (;;) {
+                if (log->heap_len == 0) {
+                        if (log->stopping)
+                                break;
+                        pthread_cond_wait(&log->sched_cond, &log->sched_lock);
+                        continue;
+                }
+                ks_partition_t *p = log->heap[0];
+                int64_t now = now_ms();
+                if (p->flush_at > now && !log->stopping) {
+                        struct timespec ts;
+                        clock_gettime(CLOCK_MONOTONIC, &ts);
+                        int64_t wait = p->flush_at - now;
+                        ts.tv_sec += wait / 1000;
+                        ts.tv_nsec += (wait % 1000) * 1000000;
+                        if (ts.tv_nsec >= 1000000000) {
+                                ts.tv_sec++;
+                                ts.tv_nsec -= 1000000000;
+                        }
+                        pthread_cond_timedwait(&log->sched_cond, &log->sched_lock, &ts);
+                        continue;
+                }
+                heap_remove(log, p);
+                pthread_mutex_unlock(&log->sched_lock);
+                flush_due(log, p);
+                ks_partition_release(p); /* the heap's reference */
+                pthread_mutex_lock(&log->sched_lock);
+        }
+        pthread_mutex_unlock(&log->sched_lock);
+        return NULL;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Upload                                                                    */
+
+typedef struct post_done {
+        ks_produce_done_fn *done;
+        void *opaque;
+        ks_err_t err;
+} post_done_t;
+
+static void produce_done_on_loop(ks_loop_t *loop, void *arg)
+{
+        (void)loop;
+        produce_waiter_t *w = arg;
+        w->done(w->opaque, w->err);
+        free(w);
+}
+
+static void fetch_wake_on_loop(ks_loop_t *loop, void *arg)
+{
+        ks_fetch_waiter_t *w = arg;
+        w->wake(loop, w->opaque);
+}
+
+/* Delivers detached waiter lists (no lock held). */
+static void deliver(produce_waiter_t *pw, ks_err_t err, ks_fetch_waiter_t *fw)
+{
+        while (pw) {
+                produce_waiter_t *next = pw->next;
+                pw->err = err;
+                if (ks_loop_post(pw->loop, produce_done_on_loop, pw) != 0) {
+                        ks_log_error("produce_ack_lost", "reason=oom");
+                        abort();
+                }
+                pw = next;
+        }
+        while (fw) {
+                ks_fetch_waiter_t *next = fw->next;
+                fw->next = NULL;
+                if (ks_loop_post(fw->loop, fetch_wake_on_loop, fw) != 0) {
+                        ks_log_error("fetch_wake_lost", "reason=oom");
+                        abort();
+                }
+                fw = next;
+        }
+}
+
+/* Detaches the produce waiters that are now durable (p->lock held). */
+static produce_waiter_t *take_durable_waiters(ks_partition_t *p)
+{
+        produce_waiter_t *head = NULL, **tailp = &head;
+        while (p->pwait_head && p->pwait_head->threshold <= p->hwm) {
+                produce_waiter_t *w = p->pwait_head;
+                p->pwait_head = w->next;
+                w->next = NULL;
+                *tailp = w;
+                tailp = &w->next;
+        }
+        if (!p->pwait_head)
+                p->pwait_tail = NULL;
+        return head;
+}
+
+static ks_fetch_waiter_t *take_fetch_waiters(ks_partition_t *p)
+{
+        ks_fetch_waiter_t *w = p->fwait;
+        p->fwait = NULL;
+        for (ks_fetch_waiter_t *it = w; it; it = it->next)
+                it->armed = false;
+        return w;
+}
+
+static ks_err_t put_segment(ks_log_t *log, ks_partition_t *p, segdata_t *d, ks_seg_meta_t *m)
+{
+        ks_segment_builder_t b;
+        int64_t created = ks_clock_wall_ms(ks_clock_system());
+        ks_segment_builder_init(&b, INDEX_INTERVAL_RECORDS, created);
+        ks_err_t err = 0;
+        for (int i = 0; i < d->nb && !err; i++)
+                err = ks_segment_builder_add(&b, d->buf + d->b[i].pos, d->b[i].size);
+        const struct iovec *biov;
+        int biovcnt;
+        const uint8_t *index;
+        size_t index_len;
+        if (!err)
+                err = ks_segment_builder_finish(&b, &biov, &biovcnt, &index, &index_len);
+        if (!err) {
+                /* Header, the body in one piece, footer. */
+                struct iovec iov[3] = {
+                        biov[0],
+                        { d->buf, d->len },
+                        biov[biovcnt - 1],
+                };
+                char key[512];
+                ks_segment_key(key, sizeof(key), log->ns, p->topic, p->index, d->base, KS_SEGMENT_EXT_KFS);
+                err = ks_objstore_put(log->store, key, iov, 3);
+                if (!err) {
+                        struct iovec iiov = { (void *)index, index_len };
+                        ks_segment_key(key, sizeof(key), log->ns, p->topic, p->index, d->base,
+                                       KS_SEGMENT_EXT_INDEX);
+                        err = ks_objstore_put(log->store, key, &iiov, 1);
+                }
+                if (!err) {
+                        m->base_offset = d->base;
+                        m->last_offset = d->next - 1;
+                        m->size_bytes = (int64_t)b.segment_len;
+                        m->index_size_bytes = (int64_t)index_len;
+                        m->max_timestamp = d->max_ts;
+                        m->max_timestamp_offset = d->max_ts_offset;
+                        m->created_at_ms = created;
+                        m->record_count = d->records;
+                }
+        }
+        ks_segment_builder_destroy(&b);
+        return err;
+}
+
+static void upload_job(void *arg)
+{
+        ks_partition_t *p = arg;
+        ks_log_t *log = p->log;
+        segdata_t *d = p->flushing; /* stable while uploading */
+        int64_t t0 = now_ms();
+        ks_seg_meta_t m;
+        memset(&m, 0, sizeof(m));
+        ks_err_t err = put_segment(log, p, d, &m);
+        if (!err)
+                err = ks_meta_partition_commit(log->meta, p->topic, p->index, d->base, &m);
+
+        pthread_mutex_lock(&p->lock);
+        produce_waiter_t *pw = NULL;
+        ks_fetch_waiter_t *fw = NULL;
+        ks_err_t pw_err = 0;
+        int64_t next_flush = -1;
+        if (!err) {
+                if (p->nsegs == p->segcap) {
+                        int cap = p->segcap * 2;
+                        seg_t *ns = realloc(p->segs, (size_t)cap * sizeof(*ns));
+                        if (!ns) {
+                                ks_log_error("segment_manifest_oom", "topic=%s partition=%d", p->topic, p->index);
+                                abort(); /* committed but cannot be tracked: restart recovers it */
+                        }
+                        p->segs = ns;
+                        p->segcap = cap;
+                }
+                /* Invariant: segments are committed in offset order. */
+                if (d->base != p->hwm) {
+                        ks_log_error("invariant_broken", "what=segment_not_at_high_watermark topic=%s partition=%d "
+                                                         "base=%lld hwm=%lld",
+                                     p->topic, p->index, (long long)d->base, (long long)p->hwm);
+                        abort();
+                }
+                p->segs[p->nsegs].m = m;
+                p->segs[p->nsegs].data = d; /* the flushing reference moves here */
+                p->nsegs++;
+                d->owner = p;
+                cache_insert_locked(log, d);
+                p->hwm = d->next;
+                p->flushing = NULL;
+                p->failures = 0;
+                if (p->storage_failing)
+                        ks_log_info("storage_recovered", "topic=%s partition=%d", p->topic, p->index);
+                p->storage_failing = false;
+                pw = take_durable_waiters(p);
+                fw = take_fetch_waiters(p);
+                if (p->active && p->active->nb > 0) {
+                        next_flush = p->active->first_append_ms + log->cfg.flush_interval_ms;
+                        if ((int64_t)p->active->len >= log->cfg.segment_bytes)
+                                next_flush = 0;
+                }
+        } else if (err == KS_ERR__CONFLICT) {
+                /* Someone else moved the committed end offset: this broker
+                 * no longer owns the partition.  Nothing in flight was
+                 * acknowledged; fail it and forget it. */
+                ks_log_error("partition_fenced", "topic=%s partition=%d expected_end=%lld", p->topic, p->index,
+                             (long long)d->base);
+                segdata_unref(p->flushing);
+                p->flushing = NULL;
+                segdata_unref(p->active);
+                p->active = NULL;
+                p->next = p->hwm;
+                pw = p->pwait_head;
+                p->pwait_head = p->pwait_tail = NULL;
+                pw_err = KS_ERR_NOT_LEADER_OR_FOLLOWER;
+                p->dropped = true;
+        } else {
+                p->failures++;
+                p->storage_failing = true;
+                int64_t backoff = 50LL << (p->failures < 7 ? p->failures : 7);
+                if (backoff > MAX_RETRY_BACKOFF_MS)
+                        backoff = MAX_RETRY_BACKOFF_MS;
+                backoff = backoff / 2 + rand() % (backoff / 2 + 1);
+                next_flush = now_ms() + backoff;
+                ks_log_warn("flush_failed", "topic=%s partition=%d base_offset=%lld attempt=%d err=%s retry_in_ms=%lld",
+                            p->topic, p->index, (long long)d->base, p->failures, ks_err_name(err),
+                            (long long)backoff);
+        }
+        p->uploading = false;
+        pthread_cond_broadcast(&p->idle_cond);
+        pthread_mutex_unlock(&p->lock);
+
+        if (!err) {
+                ks_log_debug("segment_committed", "topic=%s partition=%d base=%lld next=%lld bytes=%lld ms=%lld",
+                             p->topic, p->index, (long long)m.base_offset, (long long)(m.last_offset + 1),
+                             (long long)m.size_bytes, (long long)(now_ms() - t0));
+                cache_evict(log);
+        }
+        deliver(pw, pw_err, fw);
+        if (next_flush >= 0)
+                schedule_flush(log, p, next_flush);
+        ks_partition_release(p); /* the job's reference */
+}
+
+/* ------------------------------------------------------------------------ */
+/* Produce                                                                   */
+
+ks_err_t ks_partition_append(ks_partition_t *p, uint8_t *buf, size_t len, const ks_batch_info_t *infos, int nbatches,
+                             int64_t *base_offset, ks_loop_t *loop, ks_produce_done_fn *done, void *opaque)
+{
+        ks_log_t *log = p->log;
+        produce_waiter_t *w = NULL;
+        if (done) {
+                w = calloc(1, sizeof(*w));
+                if (!w)
+                        return KS_ERR__NOMEM;
+                w->loop = loop;
+                w->done = done;
+                w->opaque = opaque;
+        }
+        pthread_mutex_lock(&p->lock);
+        ks_err_t err = 0;
+        size_t buffered = (p->active ? p->active->len : 0) + (p->flushing ? p->flushing->len : 0);
+        if (p->dropped) {
+                err = KS_ERR_UNKNOWN_TOPIC_OR_PARTITION;
+        } else if (p->storage_failing) {
+                err = KS_ERR_KAFKA_STORAGE_ERROR;
+        } else if ((int64_t)(buffered + len) > 4 * log->cfg.segment_bytes + (64 << 20)) {
+                err = KS_ERR_KAFKA_STORAGE_ERROR;
+        } else if (!p->active && !(p->active = segdata_new(p->next))) {
+                err = KS_ERR__NOMEM;
+        }
+        bool first = false;
+        if (!err) {
+                segdata_t *d = p->active;
+                first = d->nb == 0;
+                if (first)
+                        d->first_append_ms = now_ms();
+                *base_offset = p->next;
+                for (int i = 0; i < nbatches && !err; i++) {
+                        const ks_batch_info_t *bi = &infos[i];
+                        if (segdata_reserve(d, bi->size) != 0) {
+                                err = KS_ERR__NOMEM; /* batches before i stay: their offsets are taken */
+                                break;
+                        }
+                        size_t pos = d->len;
+                        memcpy(d->buf + pos, buf + bi->pos, bi->size);
+                        ks_batch_set_base_offset(d->buf + pos, p->next);
+                        segdata_note_batch(d, bi, p->next, pos);
+                        d->len += bi->size;
+                        p->next += (int64_t)bi->last_offset_delta + 1;
+                }
+                if (!err && w) {
+                        w->threshold = p->next;
+                        if (p->pwait_tail)
+                                p->pwait_tail->next = w;
+                        else
+                                p->pwait_head = w;
+                        p->pwait_tail = w;
+                        w = NULL;
+                }
+        }
+        int64_t at = -1;
+        if (!err && p->active) {
+                if ((int64_t)p->active->len >= log->cfg.segment_bytes)
+                        at = 0;
+                else if (first)
+                        at = p->active->first_append_ms + log->cfg.flush_interval_ms;
+        }
+        pthread_mutex_unlock(&p->lock);
+        free(w);
+        if (at >= 0)
+                schedule_flush(log, p, at);
+        return err;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Fetch                                                                     */
+
+static int seg_find_locked(const ks_partition_t *p, int64_t offset)
+{
+        int lo = 0, hi = p->nsegs;
+        while (lo < hi) {
+                int mid = (lo + hi) / 2;
+                if (p->segs[mid].m.last_offset < offset)
+                        lo = mid + 1;
+                else
+                        hi = mid;
+        }
+        return lo < p->nsegs ? lo : -1;
+}
+
+/* Whole batches of d from the one holding `offset`, within max_bytes but at
+ * least one; out->ref is a new reference. */
+static ks_err_t segdata_read(segdata_t *d, int64_t offset, size_t max_bytes, ks_read_t *out)
+{
+        if (offset < d->base || offset >= d->next)
+                return KS_ERR__NOT_FOUND;
+        int b = segdata_find(d, offset);
+        if (b >= d->nb)
+                return KS_ERR__NOT_FOUND;
+        size_t start = d->b[b].pos;
+        size_t total = d->b[b].size;
+        for (int j = b + 1; j < d->nb && total + d->b[j].size <= max_bytes; j++)
+                total += d->b[j].size;
+        segdata_ref(d);
+        out->data = d->buf + start;
+        out->len = total;
+        out->ref = (ks_segref_t *)d;
+        return 0;
+}
+
+ks_err_t ks_partition_read(ks_partition_t *p, int64_t offset, size_t max_bytes, ks_read_t *out)
+{
+        memset(out, 0, sizeof(*out));
+        pthread_mutex_lock(&p->lock);
+        if (p->dropped) {
+                pthread_mutex_unlock(&p->lock);
+                return KS_ERR_UNKNOWN_TOPIC_OR_PARTITION;
+        }
+        if (offset < log_start_locked(p) || offset > p->hwm) {
+                pthread_mutex_unlock(&p->lock);
+                return KS_ERR_OFFSET_OUT_OF_RANGE;
+        }
+        if (offset == p->hwm) {
+                pthread_mutex_unlock(&p->lock);
+                return 0;
+        }
+        int i = seg_find_locked(p, offset);
+        segdata_t *d = i >= 0 ? p->segs[i].data : NULL;
+        if (!d) {
+                pthread_mutex_unlock(&p->lock);
+                return KS_ERR__NOT_FOUND;
+        }
+        segdata_ref(d);
+        cache_touch(p->log, d);
+        pthread_mutex_unlock(&p->lock);
+
+        ks_err_t err = segdata_read(d, offset, max_bytes, out);
+        segdata_unref(d);
+        return err;
+}
+
+ks_err_t ks_segref_read(ks_segref_t *ref, int64_t offset, size_t max_bytes, ks_read_t *out)
+{
+        memset(out, 0, sizeof(*out));
+        return segdata_read((segdata_t *)ref, offset, max_bytes, out);
+}
+
+/* Reads segment `base` from the object store into the cache; *pin (may be
+ * NULL) receives a reference to it that survives eviction.  BLOCKING. */
+static ks_err_t load_segment(ks_partition_t *p, int64_t base, segdata_t **pin)
+{
+        ks_log_t *log = p->log;
+        char key[512];
+        ks_segment_key(key, sizeof(key), log->ns, p->topic, p->index, base, KS_SEGMENT_EXT_KFS);
+        ks_objbuf_t ob = { 0 };
+        ks_err_t err = ks_objstore_get(log->store, key, 0, -1, &ob);
+        if (err) {
+                ks_log_warn("segment_read_failed", "key=%s err=%s", key, ks_err_name(err));
+                return err;
+        }
+        ks_segment_view_t v;
+        err = ks_segment_parse(ob.data, ob.len, &v);
+        if (err || v.header.base_offset != base) {
+                ks_log_error("segment_corrupt", "key=%s reason=\"%s\" action=not_served", key,
+                             err ? v.reason : "base offset does not match its key");
+                ks_objbuf_free(&ob);
+                return KS_ERR__CORRUPT;
+        }
+        segdata_t *d = NULL;
+        err = segdata_from_body(v.body, v.body_len, base, &d);
+        ks_objbuf_free(&ob);
+        if (err)
+                return err;
+        if (pin) {
+                segdata_ref(d);
+                *pin = d;
+        }
+        pthread_mutex_lock(&p->lock);
+        bool stored = false;
+        for (int i = 0; i < p->nsegs; i++) {
+                if (p->segs[i].m.base_offset == base) {
+                        if (!p->segs[i].data && d->next == p->segs[i].m.last_offset + 1) {
+                                p->segs[i].data = d;
+                                d->owner = p;
+                                cache_insert_locked(log, d);
+                                stored = true;
+                        }
+                        break;
+                }
+        }
+        pthread_mutex_unlock(&p->lock);
+        if (stored)
+                cache_evict(log);
+        else
+                segdata_unref(d);
+        return 0;
+}
+
+ks_err_t ks_partition_load_for_read(ks_partition_t *p, int64_t offset, ks_segref_t **pin)
+{
+        int64_t bases[17];
+        int n = 0;
+        segdata_t *cached = NULL;
+        pthread_mutex_lock(&p->lock);
+        int i = seg_find_locked(p, offset);
+        int ahead = p->log->cfg.readahead_segments;
+        if (i >= 0 && p->segs[i].data) {
+                cached = p->segs[i].data; /* loaded meanwhile */
+                segdata_ref(cached);
+        }
+        for (int j = i; i >= 0 && j < p->nsegs && n < 17 && j <= i + ahead; j++)
+                if (!p->segs[j].data)
+                        bases[n++] = p->segs[j].m.base_offset;
+        pthread_mutex_unlock(&p->lock);
+        if (i < 0)
+                return KS_ERR_OFFSET_OUT_OF_RANGE;
+        ks_err_t err = 0;
+        for (int k = 0; k < n; k++) {
+                /* The segment holding `offset` (pinned) unless it was
+                 * cached already, then read-ahead. */
+                bool wanted = k == 0 && !cached;
+                ks_err_t e = load_segment(p, bases[k], wanted ? &cached : NULL);
+                if (wanted)
+                        err = e;
+                if (e)
+                        break;
+        }
+        if (pin)
+                *pin = (ks_segref_t *)cached;
+        else
+                segdata_unref(cached);
+        return cached ? 0 : (err ? err : KS_ERR__NOT_FOUND);
+}
+
+void ks_partition_watch(ks_partition_t *p, ks_fetch_waiter_t *w)
+{
+        pthread_mutex_lock(&p->lock);
+        w->armed = true;
+        w->next = p->fwait;
+        p->fwait = w;
+        pthread_mutex_unlock(&p->lock);
+}
+
+bool ks_partition_unwatch(ks_partition_t *p, ks_fetch_waiter_t *w)
+{
+        pthread_mutex_lock(&p->lock);
+        bool removed = w->armed;
+        if (w->armed) {
+                for (ks_fetch_waiter_t **pp = &p->fwait; *pp; pp = &(*pp)->next) {
+                        if (*pp == w) {
+                                *pp = w->next;
+                                break;
+                        }
+                }
+                w->armed = false;
+        }
+        pthread_mutex_unlock(&p->lock);
+        return removed;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Timestamps                                                                */
+
+typedef struct ts_search {
+        int64_t target;
+        int64_t offset, ts;
+} ts_search_t;
+
+static int ts_search_cb(void *opaque, const ks_record_view_t *r)
+{
+        ts_search_t *s = opaque;
+        if (r->timestamp >= s->target) {
+                s->offset = r->offset;
+                s->ts = r->timestamp;
+                return 1;
+        }
+        return 0;
+}
+
+ks_err_t ks_partition_offset_for_timestamp(ks_partition_t *p, int64_t ts, int64_t *offset, int64_t *timestamp)
+{
+        *offset = -1;
+        *timestamp = -1;
+        pthread_mutex_lock(&p->lock);
+        if (ts == -3) {
+                int64_t best = -1, best_off = -1;
+                for (int i = 0; i < p->nsegs; i++)
+                        if (p->segs[i].m.max_timestamp > best) {
+                                best = p->segs[i].m.max_timestamp;
+                                best_off = p->segs[i].m.max_timestamp_offset;
+                        }
+                pthread_mutex_unlock(&p->lock);
+                *offset = best_off;
+                *timestamp = best;
+                return 0;
+        }
+        int i;
+        for (i = 0; i < p->nsegs; i++)
+                if (p->segs[i].m.max_timestamp >= ts)
+                        break;
+        if (i == p->nsegs) {
+                pthread_mutex_unlock(&p->lock);
+                return 0;
+        }
+        segdata_t *d = p->segs[i].data;
+        if (!d) {
+                pthread_mutex_unlock(&p->lock);
+                return KS_ERR__NOT_FOUND; /* load segment at p->segs[i].base then retry */
+        }
+        segdata_ref(d);
+        pthread_mutex_unlock(&p->lock);
+        ks_err_t err = 0;
+        for (int b = 0; b < d->nb; b++) {
+                const batchent_t *e = &d->b[b];
+                if (e->max_ts < ts)
+                        continue;
+                if ((e->attributes & KS_BATCH_ATTR_COMPRESSION_MASK) == KS_BATCH_COMPRESSION_NONE) {
+                        ts_search_t s = { ts, -1, -1 };
+                        err = ks_batch_records_foreach(d->buf + e->pos, e->size, ts_search_cb, &s);
+                        if (!err && s.offset >= 0) {
+                                *offset = s.offset;
+                                *timestamp = s.ts;
+                                break;
+                        }
+                } else {
+                        /* Compressed: resolved to the batch. */
+                        *offset = e->base;
+                        *timestamp = e->max_ts;
+                        break;
+                }
+        }
+        segdata_unref(d);
+        return err == KS_ERR__CORRUPT ? KS_ERR__CORRUPT : 0;
+}
+
+ks_err_t ks_partition_load_for_timestamp(ks_partition_t *p, int64_t ts)
+{
+        int64_t base = -1;
+        pthread_mutex_lock(&p->lock);
+        for (int i = 0; i < p->nsegs; i++)
+                if (p->segs[i].m.max_timestamp >= ts) {
+                        if (!p->segs[i].data)
+                                base = p->segs[i].m.base_offset;
+                        break;
+                }
+        pthread_mutex_unlock(&p->lock);
+        return base >= 0 ? load_segment(p, base, NULL) : 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Topics                                                                    */
+
+static int topic_find_locked(ks_log_t *log, const char *name, size_t len)
+{
+        for (int i = 0; i < log->ntopics; i++)
+                if (strlen(log->topics[i]->name) == len && !memcmp(log->topics[i]->name, name, len))
+                        return i;
+        return -1;
+}
+
+ks_err_t ks_log_topic_open(ks_log_t *log, const ks_topic_t *t)
+{
+        pthread_rwlock_rdlock(&log->topics_lock);
+        int i = topic_find_locked(log, t->name, strlen(t->name));
+        int have = 0;
+        if (i >= 0) {
+                if (!ks_uuid_eq(&log->topics[i]->id, &t->id)) {
+                        pthread_rwlock_unlock(&log->topics_lock);
+                        return KS_ERR__EXISTS; /* an older incarnation is still being dropped */
+                }
+                have = log->topics[i]->nparts;
+        }
+        pthread_rwlock_unlock(&log->topics_lock);
+        if (have >= t->partitions)
+                return 0;
+
+        ks_partition_t **parts = calloc((size_t)t->partitions, sizeof(*parts));
+        if (!parts)
+                return KS_ERR__NOMEM;
+        ks_err_t err = 0;
+        for (int32_t p = have; p < t->partitions && !err; p++)
+                err = partition_load(log, t, p, &parts[p]);
+        if (err) {
+                for (int32_t p = 0; p < t->partitions; p++)
+                        if (parts[p])
+                                ks_partition_release(parts[p]);
+                free(parts);
+                ks_log_error("topic_open_failed", "topic=%s err=%s", t->name, ks_err_name(err));
+                return err;
+        }
+        pthread_rwlock_wrlock(&log->topics_lock);
+        i = topic_find_locked(log, t->name, strlen(t->name));
+        topic_entry_t *te = i >= 0 ? log->topics[i] : NULL;
+        if (!te) {
+                te = calloc(1, sizeof(*te));
+                if (te && log->ntopics == log->tcap) {
+                        int cap = log->tcap ? log->tcap * 2 : 16;
+                        topic_entry_t **nt = realloc(log->topics, (size_t)cap * sizeof(*nt));
+                        if (nt) {
+                                log->topics = nt;
+                                log->tcap = cap;
+                        } else {
+                                free(te);
+                                te = NULL;
+                        }
+                }
+                if (te) {
+                        snprintf(te->name, sizeof(te->name), "%s", t->name);
+                        te->id = t->id;
+                        log->topics[log->ntopics++] = te;
+                }
+        }
+        if (!te) {
+                err = KS_ERR__NOMEM;
+        } else {
+                for (int32_t p = 0; p < te->nparts && p < t->partitions; p++) {
+                        if (parts[p])
+                                ks_partition_release(parts[p]); /* raced: keep the existing one */
+                        parts[p] = te->parts[p];
+                }
+                for (int32_t p = te->nparts; p < t->partitions; p++)
+                        if (!parts[p])
+                                err = KS_ERR__NOMEM;
+                if (!err) {
+                        free(te->parts);
+                        te->parts = parts;
+                        te->nparts = t->partitions;
+                        parts = NULL;
+                }
+        }
+        pthread_rwlock_unlock(&log->topics_lock);
+        if (parts) {
+                free(parts);
+        }
+        return err;
+}
+
+ks_partition_t *ks_log_partition(ks_log_t *log, ks_str_t topic, int32_t partition)
+{
+        if (topic.len <= 0)
+                return NULL;
+        ks_partition_t *p = NULL;
+        pthread_rwlock_rdlock(&log->topics_lock);
+        int i = topic_find_locked(log, topic.ptr, (size_t)topic.len);
+        if (i >= 0 && partition >= 0 && partition < log->topics[i]->nparts) {
+                p = log->topics[i]->parts[partition];
+                partition_ref(p);
+        }
+        pthread_rwlock_unlock(&log->topics_lock);
+        return p;
+}
+
+void ks_log_topic_drop(ks_log_t *log, const char *topic, const ks_uuid_t *id)
+{
+        pthread_rwlock_wrlock(&log->topics_lock);
+        int i = topic_find_locked(log, topic, strlen(topic));
+        topic_entry_t *te = NULL;
+        if (i >= 0 && (!id || ks_uuid_eq(&log->topics[i]->id, id))) {
+                te = log->topics[i];
+                log->topics[i] = log->topics[--log->ntopics];
+        }
+        pthread_rwlock_unlock(&log->topics_lock);
+        if (te) {
+                for (int32_t p = 0; p < te->nparts; p++) {
+                        ks_partition_t *part = te->parts[p];
+                        pthread_mutex_lock(&part->lock);
+                        part->dropped = true;
+                        produce_waiter_t *pw = part->pwait_head;
+                        part->pwait_head = part->pwait_tail = NULL;
+                        ks_fetch_waiter_t *fw = take_fetch_waiters(part);
+                        while (part->uploading)
+                                pthread_cond_wait(&part->idle_cond, &part->lock);
+                        cache_forget_locked_partition(log, part);
+                        pthread_mutex_unlock(&part->lock);
+                        pthread_mutex_lock(&log->sched_lock);
+                        if (part->heap_index >= 0) {
+                                heap_remove(log, part);
+                                pthread_mutex_unlock(&log->sched_lock);
+                                ks_partition_release(part);
+                        } else {
+                                pthread_mutex_unlock(&log->sched_lock);
+                        }
+                        deliver(pw, KS_ERR_UNKNOWN_TOPIC_OR_PARTITION, fw);
+                        ks_partition_release(part);
+                }
+                free(te->parts);
+                free(te);
+        }
+        /* Delete the topic's objects (whatever incarnation left them). */
+        char prefix[400];
+        snprintf(prefix, sizeof(prefix), "%s/%s/", log->ns, topic);
+        ks_objlist_t l = { 0 };
+        ks_err_t err = ks_objstore_list(log->store, prefix, &l);
+        size_t deleted = 0;
+        for (size_t k = 0; !err && k < l.count; k++)
+                if (ks_objstore_del(log->store, l.items[k].key) == 0)
+                        deleted++;
+        if (err)
+                ks_log_warn("topic_objects_not_deleted", "topic=%s err=%s", topic, ks_err_name(err));
+        else
+                ks_log_info("topic_objects_deleted", "topic=%s objects=%zu of=%zu", topic, deleted, l.count);
+        ks_objlist_free(&l);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Open / close                                                              */
+
+ks_err_t ks_log_open(const ks_log_config_t *cfg, ks_objstore_t *store, ks_meta_t *meta, ks_log_t **out)
+{
+        ks_log_t *log = calloc(1, sizeof(*log));
+        if (!log)
+                return KS_ERR__NOMEM;
+        log->cfg = *cfg;
+        snprintf(log->ns, sizeof(log->ns), "%s", cfg->ns);
+        log->cfg.ns = log->ns;
+        log->store = store;
+        log->meta = meta;
+        pthread_rwlock_init(&log->topics_lock, NULL);
+        pthread_mutex_init(&log->sched_lock, NULL);
+        pthread_mutex_init(&log->cache_lock, NULL);
+        pthread_condattr_t ca;
+        pthread_condattr_init(&ca);
+        pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+        pthread_cond_init(&log->sched_cond, &ca);
+        pthread_condattr_destroy(&ca);
+        log->workers = ks_workq_new("ks-store", cfg->upload_threads > 0 ? cfg->upload_threads : 4);
+        if (!log->workers) {
+                free(log);
+                return KS_ERR__NOMEM;
+        }
+        if (pthread_create(&log->sched_thread, NULL, sched_main, log) != 0) {
+                ks_workq_destroy(log->workers);
+                free(log);
+                return KS_ERR__NOMEM;
+        }
+        pthread_setname_np(log->sched_thread, "ks-flush");
+        *out = log;
+        return 0;
+}
+
+void ks_log_close(ks_log_t *log)
+{
+        if (!log)
+                return;
+        /* Flush what is buffered: make every pending flush due now, and
+         * wait (bounded) until no partition holds unflushed data. */
+        int64_t deadline = now_ms() + 15000;
+        for (;;) {
+                bool busy = false;
+                pthread_rwlock_rdlock(&log->topics_lock);
+                for (int i = 0; i < log->ntopics; i++) {
+                        topic_entry_t *te = log->topics[i];
+                        for (int32_t j = 0; j < te->nparts; j++) {
+                                ks_partition_t *p = te->parts[j];
+                                pthread_mutex_lock(&p->lock);
+                                bool pending = !p->dropped && ((p->active && p->active->nb > 0) || p->flushing);
+                                pthread_mutex_unlock(&p->lock);
+                                if (pending) {
+                                        busy = true;
+                                        schedule_flush(log, p, 0);
+                                }
+                        }
+                }
+                pthread_rwlock_unlock(&log->topics_lock);
+                if (!busy)
+                        break;
+                if (now_ms() > deadline) {
+                        ks_log_error("shutdown_flush_incomplete", "reason=\"object store did not accept the "
+                                                                  "remaining data in time\"");
+                        break;
+                }
+                struct timespec ts = { 0, 10 * 1000000 };
+                nanosleep(&ts, NULL);
+        }
+        pthread_mutex_lock(&log->sched_lock);
+        log->stopping = true;
+        while (log->heap_len > 0) {
+                ks_partition_t *p = log->heap[0];
+                heap_remove(log, p);
+                ks_partition_release(p);
+        }
+        pthread_cond_broadcast(&log->sched_cond);
+        pthread_mutex_unlock(&log->sched_lock);
+        pthread_join(log->sched_thread, NULL);
+        ks_workq_destroy(log->workers);
+        for (int i = 0; i < log->ntopics; i++) {
+                topic_entry_t *te = log->topics[i];
+                for (int32_t j = 0; j < te->nparts; j++) {
+                        ks_partition_t *p = te->parts[j];
+                        pthread_mutex_lock(&p->lock);
+                        produce_waiter_t *pw = p->pwait_head;
+                        p->pwait_head = p->pwait_tail = NULL;
+                        ks_fetch_waiter_t *fw = take_fetch_waiters(p);
+                        cache_forget_locked_partition(log, p);
+                        pthread_mutex_unlock(&p->lock);
+                        deliver(pw, KS_ERR_REQUEST_TIMED_OUT, fw);
+                        ks_partition_release(p);
+                }
+                free(te->parts);
+                free(te);
+        }
+        free(log->topics);
+        free(log->heap);
+        pthread_rwlock_destroy(&log->topics_lock);
+        pthread_mutex_destroy(&log->sched_lock);
+        pthread_mutex_destroy(&log->cache_lock);
+        pthread_cond_destroy(&log->sched_cond);
+        free(log);
+}

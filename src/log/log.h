@@ -1,0 +1,161 @@
+/*
+ * log.h — partition logs on object storage, with group commit.
+ *
+ * Every partition this broker serves has a ks_partition_t: its committed end
+ * offset (the high watermark), its segment manifest, an in-memory tail of
+ * batches not yet durable, and the waiters of produce and fetch requests.
+ *
+ * Produce: ks_partition_append() validates nothing (the caller did), assigns
+ * offsets by patching each batch's base offset, and copies the batches into
+ * the partition's active chunk.  The chunk is flushed — written as one
+ * segment object plus its index, then committed in the metadata store — when
+ * it reaches the target object size or when its oldest batch has waited the
+ * flush interval.  Only then does the high watermark move and are the
+ * produce waiters told (acks=1/all are acknowledged after durability).
+ * Uploads of different partitions run in parallel on the storage workers;
+ * one partition has at most one flush in flight, so its segments commit in
+ * offset order.  A failed flush is retried with backoff; its offsets stay
+ * assigned to it (never handed out twice, never a gap).
+ *
+ * Fetch: only data below the high watermark is ever served.  Durable data is
+ * read from the segment cache (flushed chunks stay there, and segments read
+ * back from the object store are put there), bounded by cache_bytes.
+ *
+ * Threads: the functions below are called on I/O threads unless marked
+ * BLOCKING.  A partition's fields are protected by its own mutex, never held
+ * across I/O.  Waiter callbacks are posted to the loop of the request that
+ * registered them.
+ */
+#ifndef KS_LOG_LOG_H
+#define KS_LOG_LOG_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "log/batch.h"
+#include "meta/metadata.h"
+#include "net/loop.h"
+#include "storage/objstore.h"
+#include "util/bytes.h"
+#include "util/err.h"
+
+typedef struct ks_log ks_log_t;
+typedef struct ks_partition ks_partition_t;
+
+typedef struct ks_log_config {
+        const char *ns;              /* object key namespace ("default") */
+        int64_t flush_interval_ms;   /* oldest unflushed batch waits at most this long */
+        int64_t segment_bytes;       /* target object size: flush when the tail reaches it */
+        int64_t cache_bytes;         /* segment cache budget */
+        int readahead_segments;      /* segments read ahead for sequential consumers */
+        int upload_threads;          /* parallel uploads (and cold reads) */
+        int32_t max_batch_bytes;     /* largest accepted record batch */
+} ks_log_config_t;
+
+/* Creates the log manager.  `store`, `meta` are borrowed and must outlive
+ * it.  Starts the flush scheduler and the storage workers. */
+ks_err_t ks_log_open(const ks_log_config_t *cfg, ks_objstore_t *store, ks_meta_t *meta, ks_log_t **out);
+
+/* Flushes everything buffered (waiting for in-flight uploads), then stops
+ * and frees.  BLOCKING. */
+void ks_log_close(ks_log_t *log);
+
+/* Opens every partition of `t` (recovering its end offset and segment
+ * manifest from the metadata store), or the partitions it gained.
+ * BLOCKING. */
+ks_err_t ks_log_topic_open(ks_log_t *log, const ks_topic_t *t);
+
+/* Forgets a deleted topic: pending produce and fetch waiters are answered
+ * with UNKNOWN_TOPIC_OR_PARTITION; its objects are deleted from the object
+ * store.  BLOCKING. */
+void ks_log_topic_drop(ks_log_t *log, const char *topic, const ks_uuid_t *id);
+
+/* Looks up a partition and takes a reference (NULL if not served here).
+ * Release with ks_partition_release(). */
+ks_partition_t *ks_log_partition(ks_log_t *log, ks_str_t topic, int32_t partition);
+void ks_partition_release(ks_partition_t *p);
+
+/* Offsets (snapshot under the partition lock). */
+typedef struct ks_partition_offsets {
+        int64_t log_start;   /* earliest offset still available */
+        int64_t high_watermark;
+        int64_t next_offset; /* next offset to assign (>= high watermark) */
+} ks_partition_offsets_t;
+
+void ks_partition_offsets(ks_partition_t *p, ks_partition_offsets_t *out);
+
+/* --- produce ------------------------------------------------------------------ */
+
+/* Called on the waiter's loop, exactly once, when its offsets are durable
+ * (err 0) or cannot become durable (err != 0). */
+typedef void(ks_produce_done_fn)(void *opaque, ks_err_t err);
+
+/* Appends validated batches (`buf` holds `nbatches` whole v2 batches; the
+ * buffer is borrowed: it is copied).  On success *base_offset is the offset
+ * of the first record.  If `done` is non-NULL, it is called on `loop` once
+ * the batches are durable or failed.  Errors (nothing appended):
+ * KS_ERR_KAFKA_STORAGE_ERROR while storage is failing or the buffer is
+ * full, KS_ERR_UNKNOWN_TOPIC_OR_PARTITION if the topic is being deleted. */
+ks_err_t ks_partition_append(ks_partition_t *p, uint8_t *buf, size_t len, const ks_batch_info_t *infos, int nbatches,
+                             int64_t *base_offset, ks_loop_t *loop, ks_produce_done_fn *done, void *opaque);
+
+/* --- fetch -------------------------------------------------------------------- */
+
+/* A read result: `len` bytes at `data` (whole batches), kept alive by `ref`
+ * until ks_segref_release(). */
+typedef struct ks_segref ks_segref_t;
+
+typedef struct ks_read {
+        const uint8_t *data;
+        size_t len;
+        ks_segref_t *ref;
+} ks_read_t;
+
+void ks_segref_release(ks_segref_t *ref);
+
+/* Reads whole batches starting with the one holding `offset`, at most
+ * `max_bytes` unless the first batch alone is larger (then exactly that
+ * batch).  Returns 0 with len 0 when offset == high watermark,
+ * KS_ERR_OFFSET_OUT_OF_RANGE outside [log_start, high watermark], or
+ * KS_ERR__NOT_FOUND when the data must first be loaded from the object
+ * store (call ks_partition_load_for_read() on a worker, then retry). */
+ks_err_t ks_partition_read(ks_partition_t *p, int64_t offset, size_t max_bytes, ks_read_t *out);
+
+/* Loads the segment holding `offset` (and read-ahead) into the cache.
+ * *pin (may be NULL) receives a reference to the segment holding `offset`,
+ * readable with ks_segref_read() even if the cache evicts it at once.
+ * BLOCKING. */
+ks_err_t ks_partition_load_for_read(ks_partition_t *p, int64_t offset, ks_segref_t **pin);
+
+/* ks_partition_read() on a pinned segment; KS_ERR__NOT_FOUND if `offset`
+ * is not in it. */
+ks_err_t ks_segref_read(ks_segref_t *ref, int64_t offset, size_t max_bytes, ks_read_t *out);
+
+/* Fetch long-poll: `wake` is called on `loop` when the partition's high
+ * watermark moves (or the partition goes away).  A waiter is one-shot and
+ * its wake is delivered exactly once unless ks_partition_unwatch() removes
+ * it first: unwatch returns true if it did (no wake will come) and false if
+ * the wake is already on its way (the waiter must stay valid until then). */
+typedef struct ks_fetch_waiter {
+        struct ks_fetch_waiter *next;
+        ks_loop_t *loop;
+        void (*wake)(ks_loop_t *loop, void *opaque);
+        void *opaque;
+        bool armed;
+} ks_fetch_waiter_t;
+
+void ks_partition_watch(ks_partition_t *p, ks_fetch_waiter_t *w);
+bool ks_partition_unwatch(ks_partition_t *p, ks_fetch_waiter_t *w);
+
+/* --- list offsets ---------------------------------------------------------------- */
+
+/* Offset of the first record with timestamp >= ts (-1 if none) and its
+ * batch timestamp; for ts == -3 the record with the largest timestamp.
+ * May need segment data: KS_ERR__NOT_FOUND as for ks_partition_read().
+ * (Resolution is per batch for compressed batches.) */
+ks_err_t ks_partition_offset_for_timestamp(ks_partition_t *p, int64_t ts, int64_t *offset, int64_t *timestamp);
+
+/* Loads the segment ks_partition_offset_for_timestamp() needs.  BLOCKING. */
+ks_err_t ks_partition_load_for_timestamp(ks_partition_t *p, int64_t ts);
+
+#endif
