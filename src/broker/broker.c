@@ -17,13 +17,6 @@
 
 #include "util/log.h"
 
-static ks_err_t open_s3(ks_broker_t *b, char *where, size_t wlen)
-{
-        (void)b;
-        snprintf(where, wlen, "bucket %s", b->cfg->s3_bucket);
-        return KS_ERR__UNAVAILABLE;
-}
-
 static int make_dir(const char *path)
 {
         char buf[1024];
@@ -82,9 +75,10 @@ static int open_object_store(ks_broker_t *b)
         if (cfg->memory_s3) {
                 backend = "memory";
                 err = ks_objstore_memory_new(&b->store);
-        } else if (cfg->s3_bucket[0]) {
+        } else if (cfg->s3.bucket) {
                 backend = "s3";
-                err = open_s3(b, where, sizeof(where));
+                ks_s3_config_describe(&cfg->s3, where, sizeof(where));
+                err = ks_objstore_s3_new(&cfg->s3, &b->store);
         } else {
                 backend = "local";
                 snprintf(where, sizeof(where), "%s/objects", cfg->data_dir);
@@ -109,9 +103,11 @@ static int open_object_store(ks_broker_t *b)
         b->log_cfg.readahead_segments = cfg->readahead_segments;
         b->log_cfg.upload_threads = cfg->storage_threads;
         b->log_cfg.max_batch_bytes = cfg->max_message_bytes;
-        ks_log_info("object_store_ready", "backend=%s where=\"%s\" namespace=%s flush_interval_ms=%lld segment_bytes=%lld",
-                    backend, where, cfg->s3_namespace, (long long)b->log_cfg.flush_interval_ms,
-                    (long long)b->log_cfg.segment_bytes);
+        /* The S3 description is already key=value pairs; a path is quoted. */
+        bool kv = cfg->s3.bucket && !cfg->memory_s3;
+        ks_log_info("object_store_ready", "backend=%s %s%s%s namespace=%s flush_interval_ms=%lld segment_bytes=%lld",
+                    backend, kv ? "" : "where=\"", where, kv ? "" : "\"", cfg->s3_namespace,
+                    (long long)b->log_cfg.flush_interval_ms, (long long)b->log_cfg.segment_bytes);
         return 0;
 }
 

@@ -35,8 +35,6 @@ static const var_t vars[] = {
         { "KAFSCALE_ETCD_ENDPOINTS", "", T_STR, 0, 0, "Comma-separated etcd endpoints (cluster mode)" },
         { "KAFSCALE_USE_MEMORY_S3", "0", T_BOOL, 0, 0,
           "Keep records in process memory instead of an object store (lost on exit; tests and demos)" },
-        { "KAFSCALE_S3_BUCKET", "", T_STR, 0, 0,
-          "S3 bucket for records (cluster mode); unset: the local directory KAFSCALE_DATA_DIR/objects" },
         { "KAFSCALE_S3_NAMESPACE", "default", T_STR, 0, 0, "First component of every object key" },
         { "KAFSCALE_FLUSH_INTERVAL_MS", "", T_INT, 0, 60000,
           "Longest a produced batch waits before its partition is flushed (default: 2 memory, 5 local "
@@ -191,7 +189,7 @@ int ks_config_from_env(ks_config_t *cfg, char *err, size_t errlen)
                 return -1;
         if (get_bool("KAFSCALE_USE_MEMORY_S3", &cfg->memory_s3, err, errlen))
                 return -1;
-        if (get_str("KAFSCALE_S3_BUCKET", cfg->s3_bucket, sizeof(cfg->s3_bucket), err, errlen))
+        if (ks_s3_config_from_env(&cfg->s3, cfg->s3_storage, sizeof(cfg->s3_storage), err, errlen) != 0)
                 return -1;
         if (get_str("KAFSCALE_S3_NAMESPACE", cfg->s3_namespace, sizeof(cfg->s3_namespace), err, errlen))
                 return -1;
@@ -218,7 +216,7 @@ int ks_config_from_env(ks_config_t *cfg, char *err, size_t errlen)
                          cfg->s3_namespace);
                 return -1;
         }
-        if (cfg->memory_s3 && cfg->s3_bucket[0]) {
+        if (cfg->memory_s3 && cfg->s3.bucket) {
                 snprintf(err, errlen, "KAFSCALE_USE_MEMORY_S3 and KAFSCALE_S3_BUCKET are both set: choose one "
                                       "(unset KAFSCALE_USE_MEMORY_S3 to store records in the bucket)");
                 return -1;
@@ -298,6 +296,7 @@ void ks_config_print_help(FILE *out)
         for (size_t i = 0; i < N_VARS; i++)
                 fprintf(out, "  %-38s default %-18s %s\n", vars[i].name,
                         vars[i].def[0] ? vars[i].def : "(unset)", vars[i].help);
+        ks_s3_config_print_help(out);
 }
 
 void ks_config_warn_unknown(void)
@@ -307,7 +306,7 @@ void ks_config_warn_unknown(void)
                         continue;
                 const char *eq = strchr(*e, '=');
                 size_t n = eq ? (size_t)(eq - *e) : strlen(*e);
-                bool known = false;
+                bool known = ks_s3_config_is_var(*e, n);
                 for (size_t i = 0; i < N_VARS && !known; i++)
                         known = strlen(vars[i].name) == n && !strncmp(vars[i].name, *e, n);
                 if (!known)

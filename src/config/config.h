@@ -13,6 +13,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "config/s3_config.h"
 #include "util/log.h"
 
 typedef struct ks_config {
@@ -32,7 +33,8 @@ typedef struct ks_config {
 
         /* Object storage and the log. */
         bool memory_s3;
-        char s3_bucket[256];
+        ks_s3_config_t s3;         /* s3.bucket NULL: S3 not configured */
+        char s3_storage[KS_S3_CONFIG_STORAGE];
         char s3_namespace[128];
         int64_t flush_interval_ms;   /* -1 until resolved per backend */
         int64_t segment_bytes;
