@@ -183,6 +183,7 @@ static void fetch_try(fetch_ctx_t *ctx, bool final)
         ks_broker_t *b = ctx->b;
         int64_t total = 0;
         bool any_error = false, any_load = false;
+        bool more = false; /* some partition has data beyond what is returned */
         for (int i = 0; i < ctx->nparts; i++) {
                 fetch_part_t *fp = &ctx->parts[i];
                 fp->need_load = false;
@@ -239,6 +240,8 @@ static void fetch_try(fetch_ctx_t *ctx, bool final)
                 pd->Records = (ks_bytes_t){ rd.data, (int32_t)rd.len };
                 fp->ref = rd.ref;
                 total += (int64_t)rd.len;
+                if (rd.len > 0 && rd.next_offset < po.high_watermark)
+                        more = true;
         }
         if (any_load) {
                 ctx->loading = true;
@@ -253,7 +256,10 @@ static void fetch_try(fetch_ctx_t *ctx, bool final)
                 }
                 return;
         }
-        if (final || any_error || total >= ctx->min_bytes || total >= ctx->max_bytes) {
+        /* Kafka answers as soon as MinBytes are available up to the high
+         * watermark; one read returns batches of one segment, so data left
+         * beyond it counts as available too. */
+        if (final || any_error || more || total >= ctx->min_bytes || total >= ctx->max_bytes) {
                 fetch_answer(ctx);
                 return;
         }

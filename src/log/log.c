@@ -906,8 +906,12 @@ static ks_err_t segdata_read(segdata_t *d, int64_t offset, size_t max_bytes, ks_
                 return KS_ERR__NOT_FOUND;
         size_t start = d->b[b].pos;
         size_t total = d->b[b].size;
-        for (int j = b + 1; j < d->nb && total + d->b[j].size <= max_bytes; j++)
+        int last = b;
+        for (int j = b + 1; j < d->nb && total + d->b[j].size <= max_bytes; j++) {
                 total += d->b[j].size;
+                last = j;
+        }
+        out->next_offset = d->b[last].last + 1;
         segdata_ref(d);
         out->data = d->buf + start;
         out->len = total;

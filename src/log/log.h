@@ -108,6 +108,7 @@ typedef struct ks_segref ks_segref_t;
 typedef struct ks_read {
         const uint8_t *data;
         size_t len;
+        int64_t next_offset; /* offset after the last batch returned */
         ks_segref_t *ref;
 } ks_read_t;
 

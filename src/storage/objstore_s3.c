@@ -1335,6 +1335,8 @@ static ks_err_t s3_check(ks_objstore_t *st, char *msg, size_t msglen)
         }
         msg[0] = '\0';
         call_init(&c, "check", "HEAD", NULL);
+        c.subj_name = "bucket";
+        c.subj = s->bucket;
         err = s3_run(s, &c);
         if (err) {
                 if (c.cc != CURLE_OK)
@@ -1357,6 +1359,8 @@ static ks_err_t s3_check(ks_objstore_t *st, char *msg, size_t msglen)
         if (head_status != 404) {
                 s3_call_t d;
                 call_init(&d, "check", "GET", NULL);
+                d.subj_name = "bucket";
+                d.subj = s->bucket;
                 d.query = "list-type=2&max-keys=1";
                 if (s3_run(s, &d) == KS_ERR_NONE && d.status == head_status) {
                         memcpy(c.s3_code, d.s3_code, sizeof(c.s3_code));
