@@ -113,8 +113,9 @@ ks_err_t ks_segment_builder_add(ks_segment_builder_t *b, const uint8_t *batch, s
         if (len > (size_t)INT32_MAX - b->segment_len)
                 return KS_ERR__TOO_LARGE;
 
-        /* Room for the header, every batch and the footer. */
-        if (b->batch_count + 2 > b->iov_cap) {
+        /* Room for the header, every batch including this one, and the
+         * footer. */
+        if (b->batch_count + 3 > b->iov_cap) {
                 int ncap = b->iov_cap ? b->iov_cap * 2 : 64;
                 struct iovec *n = realloc(b->iov, (size_t)ncap * sizeof(*n));
                 if (!n)

@@ -324,6 +324,76 @@ TEST(segment_builder_rejects_bad_input)
         ks_segment_builder_destroy(&b);
 }
 
+/* @n one-record batches from offset 500, index interval 10: checks the
+ * object and every lookup; returns the number of failed checks. */
+static int many_batches(int n)
+{
+        uint8_t *buf = malloc((size_t)n * 128);
+        size_t *pos = malloc((size_t)n * sizeof(*pos)), len = 0, ilen = 0;
+        ks_segment_builder_t b;
+        const struct iovec *iov;
+        const uint8_t *idx;
+        int iovcnt = 0, bad = 0;
+        uint8_t *seg = NULL;
+
+        ks_segment_builder_init(&b, 10, CREATED_MS);
+        if (!buf || !pos)
+                goto fail;
+        for (int i = 0; i < n; i++) {
+                size_t s = ks_test_batch_build(buf + len, (size_t)n * 128 - len, 0, 1, 0);
+                ks_batch_set_base_offset(buf + len, 500 + i);
+                pos[i] = len;
+                if (s == 0 || ks_segment_builder_add(&b, buf + len, s) != KS_ERR_NONE)
+                        goto fail;
+                len += s;
+        }
+        if (ks_segment_builder_finish(&b, &iov, &iovcnt, &idx, &ilen) != KS_ERR_NONE)
+                goto fail;
+        bad += iovcnt != n + 2;
+        bad += b.segment_len != 32 + len + 16;
+        bad += b.record_count != n || b.last_offset != 500 + n - 1;
+        seg = malloc(b.segment_len);
+        if (!seg)
+                goto fail;
+        size_t off = 0;
+        for (int i = 0; i < iovcnt; i++) {
+                memcpy(seg + off, iov[i].iov_base, iov[i].iov_len);
+                off += iov[i].iov_len;
+        }
+        ks_segment_view_t v;
+        bad += ks_segment_parse(seg, off, &v) != KS_ERR_NONE || v.batch_count != n;
+        ks_index_view_t iv;
+        if (ks_index_parse(idx, ilen, &iv) != KS_ERR_NONE)
+                goto fail;
+        bad += iv.entry_count != (n + 9) / 10;
+        for (int i = 0; i < n; i++) {
+                int64_t eo;
+                int32_t ep;
+                if (ks_index_lookup(&iv, 500 + i, &eo, &ep) != KS_ERR_NONE || eo != 500 + i / 10 * 10 ||
+                    (size_t)ep != 32 + pos[i / 10 * 10])
+                        bad++;
+        }
+        goto out;
+fail:
+        bad++;
+out:
+        ks_segment_builder_destroy(&b);
+        free(seg);
+        free(pos);
+        free(buf);
+        return bad;
+}
+
+TEST(segment_many_batches)
+{
+        /* Around every growth of the iovec array (64, 128, 256 slots: the
+         * header, the batches and the footer must all fit) and well past. */
+        static const int ns[] = { 1, 61, 62, 63, 64, 65, 125, 126, 127, 128, 254, 255, 256, 300 };
+        for (size_t i = 0; i < sizeof(ns) / sizeof(ns[0]); i++)
+                if (many_batches(ns[i]) != 0)
+                        ks_test_fail(__FILE__, __LINE__, "%d batches", ns[i]);
+}
+
 TEST(segment_keys)
 {
         char buf[256];
