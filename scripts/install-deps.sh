@@ -17,7 +17,7 @@ BUILD_PKGS=(
   gcc make pkg-config
   libsqlite3-dev
   libprotobuf-c-dev protobuf-c-compiler
-  libcurl4-openssl-dev libjson-c-dev libmicrohttpd-dev
+  libcurl4-openssl-dev libssl-dev libjson-c-dev libmicrohttpd-dev
 )
 TEST_PKGS=(
   clang libclang-rt-14-dev

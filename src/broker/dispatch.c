@@ -13,7 +13,10 @@
 #include "util/log.h"
 
 const ks_handler_t ks_handlers[] = {
-        { KS_API_PRODUCE, 3, 11, ks_handle_produce, 0 },
+        /* Produce v0-v2 are advertised but answered UNSUPPORTED_VERSION per
+         * partition: librdkafka only compresses with gzip/snappy/lz4 when
+         * the advertised range starts at v0 (as Apache Kafka 4 does). */
+        { KS_API_PRODUCE, 0, 11, ks_handle_produce, 0 },
         { KS_API_FETCH, 4, 17, ks_handle_fetch, 4 },
         { KS_API_LIST_OFFSETS, 0, 10, ks_handle_list_offsets, 0 },
         { KS_API_METADATA, 0, 12, ks_handle_metadata, 0 },

@@ -18,17 +18,18 @@ typedef struct s3_var {
 
 /* Keep s3_config.h's table and README.md in step with this. */
 static const s3_var_t s3_vars[] = {
-        { "KAFSCALE_S3_BUCKET", "", "Bucket holding the records (cluster mode); setting it selects S3" },
-        { "KAFSCALE_S3_REGION", "us-east-1", "Region of the bucket (signing scope)" },
-        { "KAFSCALE_S3_ENDPOINT", "", "S3-compatible endpoint, http(s)://host[:port] (default: AWS)" },
-        { "KAFSCALE_S3_PATH_STYLE", "", "true: <endpoint>/<bucket>/<key>; false: <bucket>.<host>/<key> "
-                                        "(default: true with an endpoint, else false)" },
-        { "KAFSCALE_S3_ACCESS_KEY", "", "Access key id (default: AWS_ACCESS_KEY_ID)" },
-        { "KAFSCALE_S3_SECRET_KEY", "", "Secret access key (default: AWS_SECRET_ACCESS_KEY)" },
-        { "KAFSCALE_S3_SESSION_TOKEN", "", "Session token of temporary credentials (default: AWS_SESSION_TOKEN)" },
-        { "KAFSCALE_S3_CONCURRENCY", "16", "Most S3 requests in flight at once (1-1024)" },
-        { "KAFSCALE_S3_TIMEOUT_MS", "30000", "Time limit of one S3 request attempt (100-3600000)" },
-        { "KAFSCALE_S3_MAX_RETRIES", "5", "Retries of a failed S3 request, with jittered backoff (0-100)" },
+    {"KAFSCALE_S3_BUCKET", "", "Bucket holding the records (cluster mode); setting it selects S3"},
+    {"KAFSCALE_S3_REGION", "us-east-1", "Region of the bucket (signing scope)"},
+    {"KAFSCALE_S3_ENDPOINT", "", "S3-compatible endpoint, http(s)://host[:port] (default: AWS)"},
+    {"KAFSCALE_S3_PATH_STYLE", "",
+     "true: <endpoint>/<bucket>/<key>; false: <bucket>.<host>/<key> "
+     "(default: true with an endpoint, else false)"},
+    {"KAFSCALE_S3_ACCESS_KEY", "", "Access key id (default: AWS_ACCESS_KEY_ID)"},
+    {"KAFSCALE_S3_SECRET_KEY", "", "Secret access key (default: AWS_SECRET_ACCESS_KEY)"},
+    {"KAFSCALE_S3_SESSION_TOKEN", "", "Session token of temporary credentials (default: AWS_SESSION_TOKEN)"},
+    {"KAFSCALE_S3_CONCURRENCY", "16", "Most S3 requests in flight at once (1-1024)"},
+    {"KAFSCALE_S3_TIMEOUT_MS", "30000", "Time limit of one S3 request attempt (100-3600000)"},
+    {"KAFSCALE_S3_MAX_RETRIES", "5", "Retries of a failed S3 request, with jittered backoff (0-100)"},
 };
 
 #define N_S3_VARS (sizeof(s3_vars) / sizeof(s3_vars[0]))
@@ -155,8 +156,8 @@ static const char *bucket_problem(const char *b, int path_style)
 
 int ks_s3_config_from_env(ks_s3_config_t *cfg, char *storage, size_t storage_len, char *err, size_t errlen)
 {
-        arena_t a = { storage, storage_len, 0 };
-        ks_s3_config_t c = { 0 };
+        arena_t a = {storage, storage_len, 0};
+        ks_s3_config_t c = {0};
         ks_s3_endpoint_t ep;
         char why[192];
 
@@ -267,7 +268,7 @@ int ks_s3_config_from_env(ks_s3_config_t *cfg, char *storage, size_t storage_len
             (st && !c.session_token))
                 return fail(err, errlen, "the S3 settings need %zu bytes of storage, %zu were given (internal error)",
                             strlen(bucket) + strlen(region) + (endpoint ? strlen(endpoint) : 0) + strlen(ak) +
-                                    strlen(sk) + (st ? strlen(st) : 0) + 6,
+                                strlen(sk) + (st ? strlen(st) : 0) + 6,
                             storage_len);
         *cfg = c;
         return 0;
@@ -276,8 +277,8 @@ int ks_s3_config_from_env(ks_s3_config_t *cfg, char *storage, size_t storage_len
 void ks_s3_config_print_help(FILE *out)
 {
         for (size_t i = 0; i < N_S3_VARS; i++)
-                fprintf(out, "  %-38s default %-18s %s\n", s3_vars[i].name, s3_vars[i].def[0] ? s3_vars[i].def : "(unset)",
-                        s3_vars[i].help);
+                fprintf(out, "  %-38s default %-18s %s\n", s3_vars[i].name,
+                        s3_vars[i].def[0] ? s3_vars[i].def : "(unset)", s3_vars[i].help);
 }
 
 int ks_s3_config_is_var(const char *name, size_t len)

@@ -1088,22 +1088,59 @@ static int ts_search_cb(void *opaque, const ks_record_view_t *r)
         return 0;
 }
 
+/* First record of d with timestamp >= ts: exact in uncompressed batches,
+ * the batch (base offset, max timestamp) in compressed ones. */
+static ks_err_t first_record_at_or_after(const segdata_t *d, int64_t ts, int64_t *offset, int64_t *timestamp)
+{
+        for (int b = 0; b < d->nb; b++) {
+                const batchent_t *e = &d->b[b];
+                if (e->max_ts < ts)
+                        continue;
+                if ((e->attributes & KS_BATCH_ATTR_COMPRESSION_MASK) != KS_BATCH_COMPRESSION_NONE) {
+                        *offset = e->base;
+                        *timestamp = e->max_ts;
+                        return 0;
+                }
+                ts_search_t s = { ts, -1, -1 };
+                ks_err_t err = ks_batch_records_foreach(d->buf + e->pos, e->size, ts_search_cb, &s);
+                if (err)
+                        return KS_ERR__CORRUPT;
+                if (s.offset >= 0) {
+                        *offset = s.offset;
+                        *timestamp = s.ts;
+                        return 0;
+                }
+        }
+        return 0;
+}
+
 ks_err_t ks_partition_offset_for_timestamp(ks_partition_t *p, int64_t ts, int64_t *offset, int64_t *timestamp)
 {
         *offset = -1;
         *timestamp = -1;
         pthread_mutex_lock(&p->lock);
         if (ts == -3) {
-                int64_t best = -1, best_off = -1;
+                /* The segment with the largest timestamp (the first on ties),
+                 * then the first record holding it. */
+                int best = -1;
                 for (int i = 0; i < p->nsegs; i++)
-                        if (p->segs[i].m.max_timestamp > best) {
-                                best = p->segs[i].m.max_timestamp;
-                                best_off = p->segs[i].m.max_timestamp_offset;
-                        }
+                        if (best < 0 || p->segs[i].m.max_timestamp > p->segs[best].m.max_timestamp)
+                                best = i;
+                if (best < 0) {
+                        pthread_mutex_unlock(&p->lock);
+                        return 0;
+                }
+                ts = p->segs[best].m.max_timestamp;
+                segdata_t *d = p->segs[best].data;
+                if (!d) {
+                        pthread_mutex_unlock(&p->lock);
+                        return KS_ERR__NOT_FOUND;
+                }
+                segdata_ref(d);
                 pthread_mutex_unlock(&p->lock);
-                *offset = best_off;
-                *timestamp = best;
-                return 0;
+                ks_err_t err = first_record_at_or_after(d, ts, offset, timestamp);
+                segdata_unref(d);
+                return err;
         }
         int i;
         for (i = 0; i < p->nsegs; i++)
@@ -1120,40 +1157,27 @@ ks_err_t ks_partition_offset_for_timestamp(ks_partition_t *p, int64_t ts, int64_
         }
         segdata_ref(d);
         pthread_mutex_unlock(&p->lock);
-        ks_err_t err = 0;
-        for (int b = 0; b < d->nb; b++) {
-                const batchent_t *e = &d->b[b];
-                if (e->max_ts < ts)
-                        continue;
-                if ((e->attributes & KS_BATCH_ATTR_COMPRESSION_MASK) == KS_BATCH_COMPRESSION_NONE) {
-                        ts_search_t s = { ts, -1, -1 };
-                        err = ks_batch_records_foreach(d->buf + e->pos, e->size, ts_search_cb, &s);
-                        if (!err && s.offset >= 0) {
-                                *offset = s.offset;
-                                *timestamp = s.ts;
-                                break;
-                        }
-                } else {
-                        /* Compressed: resolved to the batch. */
-                        *offset = e->base;
-                        *timestamp = e->max_ts;
-                        break;
-                }
-        }
+        ks_err_t err = first_record_at_or_after(d, ts, offset, timestamp);
         segdata_unref(d);
-        return err == KS_ERR__CORRUPT ? KS_ERR__CORRUPT : 0;
+        return err;
 }
 
 ks_err_t ks_partition_load_for_timestamp(ks_partition_t *p, int64_t ts)
 {
         int64_t base = -1;
         pthread_mutex_lock(&p->lock);
-        for (int i = 0; i < p->nsegs; i++)
-                if (p->segs[i].m.max_timestamp >= ts) {
-                        if (!p->segs[i].data)
-                                base = p->segs[i].m.base_offset;
+        int pick = -1;
+        for (int i = 0; i < p->nsegs; i++) {
+                if (ts == -3) {
+                        if (pick < 0 || p->segs[i].m.max_timestamp > p->segs[pick].m.max_timestamp)
+                                pick = i;
+                } else if (p->segs[i].m.max_timestamp >= ts) {
+                        pick = i;
                         break;
                 }
+        }
+        if (pick >= 0 && !p->segs[pick].data)
+                base = p->segs[pick].m.base_offset;
         pthread_mutex_unlock(&p->lock);
         return base >= 0 ? load_segment(p, base, NULL) : 0;
 }

@@ -157,8 +157,8 @@ static uint64_t rng_next(void)
         if (!rng_state) {
                 struct timespec ts;
                 clock_gettime(CLOCK_MONOTONIC, &ts);
-                uint64_t seed = (uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 30) ^
-                                (uint64_t)(uintptr_t)&rng_state ^ (uint64_t)pthread_self();
+                uint64_t seed = (uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 30) ^ (uint64_t)(uintptr_t)&rng_state ^
+                                (uint64_t)pthread_self();
                 rng_state = seed ? seed : 0x9E3779B97F4A7C15ull;
         }
         uint64_t x = rng_state;
@@ -190,7 +190,7 @@ void ks_objstore_sleep_ms(int64_t ms)
 {
         if (ms <= 0)
                 return;
-        struct timespec ts = { .tv_sec = ms / 1000, .tv_nsec = (ms % 1000) * 1000000L };
+        struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (ms % 1000) * 1000000L};
         while (nanosleep(&ts, &ts) == -1 && errno == EINTR)
                 ;
 }

@@ -43,17 +43,17 @@
 
 typedef struct local_store {
         ks_objstore_t base;
-        char *dir;       /* as given, for messages */
-        int dirfd;       /* the store's root directory */
-        uint64_t seq;    /* atomic: temporary file names */
+        char *dir;    /* as given, for messages */
+        int dirfd;    /* the store's root directory */
+        uint64_t seq; /* atomic: temporary file names */
 } local_store_t;
 
 #define LOCAL_MAX_DEPTH 512 /* a key of KS_OBJSTORE_KEY_MAX bytes has fewer segments */
 
 static ks_err_t io_fail(const local_store_t *ls, const char *op, const char *call, const char *key, int e)
 {
-        ks_log_error("objstore_local_io_failed", "op=%s call=%s dir=\"%s\" key=\"%s\" errno=%d error=\"%s\"", op,
-                     call, ls->dir, key, e, strerror(e));
+        ks_log_error("objstore_local_io_failed", "op=%s call=%s dir=\"%s\" key=\"%s\" errno=%d error=\"%s\"", op, call,
+                     ls->dir, key, e, strerror(e));
         return e == ENOMEM ? KS_ERR__NOMEM : KS_ERR__IO;
 }
 
@@ -339,7 +339,7 @@ static int is_tmp_name(const char *name)
 typedef struct walk {
         local_store_t *ls;
         char path[KS_OBJSTORE_KEY_MAX + NAME_MAX + 2]; /* key being built */
-        ks_objlist_t *out; /* NULL: clean temporary files instead of listing */
+        ks_objlist_t *out;                             /* NULL: clean temporary files instead of listing */
         size_t cap;
         size_t removed;
 } walk_t;
@@ -521,13 +521,13 @@ static void local_destroy(ks_objstore_t *s)
 }
 
 static const ks_objstore_ops_t local_ops = {
-        .name = "local",
-        .put = local_put,
-        .get = local_get,
-        .list = local_list,
-        .del = local_del,
-        .check = local_check,
-        .destroy = local_destroy,
+    .name = "local",
+    .put = local_put,
+    .get = local_get,
+    .list = local_list,
+    .del = local_del,
+    .check = local_check,
+    .destroy = local_destroy,
 };
 
 /* mkdir -p for the store's own directory; each directory created is made

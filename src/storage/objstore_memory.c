@@ -188,7 +188,7 @@ static ks_err_t mem_del(ks_objstore_t *s, const char *key)
 {
         mem_store_t *m = (mem_store_t *)s;
         ks_err_t err = ks_objstore_key_check(key);
-        mem_obj_t gone = { 0 };
+        mem_obj_t gone = {0};
 
         if (err)
                 return err;
@@ -225,13 +225,13 @@ static void mem_destroy(ks_objstore_t *s)
 }
 
 static const ks_objstore_ops_t mem_ops = {
-        .name = "memory",
-        .put = mem_put,
-        .get = mem_get,
-        .list = mem_list,
-        .del = mem_del,
-        .check = mem_check,
-        .destroy = mem_destroy,
+    .name = "memory",
+    .put = mem_put,
+    .get = mem_get,
+    .list = mem_list,
+    .del = mem_del,
+    .check = mem_check,
+    .destroy = mem_destroy,
 };
 
 ks_err_t ks_objstore_memory_new(ks_objstore_t **out)

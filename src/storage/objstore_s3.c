@@ -59,19 +59,19 @@ typedef struct s3_store {
 
         pthread_mutex_t mu;
         pthread_cond_t cv;
-        CURL **idle; /* [concurrency]; under mu */
-        int nidle;   /* under mu */
+        CURL **idle;  /* [concurrency]; under mu */
+        int nidle;    /* under mu */
         int inflight; /* under mu */
 } s3_store_t;
 
 /* One HTTP exchange: what to send and what came back. */
 typedef struct s3_call {
         /* Request. */
-        const char *op;     /* "put", "get", "list", "del", "check": for logs */
+        const char *op;               /* "put", "get", "list", "del", "check": for logs */
         const char *subj_name, *subj; /* for logs: "key" or "prefix", and its value */
-        const char *method; /* "GET", "PUT", "DELETE", "HEAD" */
-        const char *key;    /* object key, or NULL for the bucket */
-        const char *query;  /* canonical query string, "" for none */
+        const char *method;           /* "GET", "PUT", "DELETE", "HEAD" */
+        const char *key;              /* object key, or NULL for the bucket */
+        const char *query;            /* canonical query string, "" for none */
         const struct iovec *iov;
         int iovcnt;
         size_t body_len;
@@ -95,10 +95,10 @@ typedef struct s3_call {
         char s3_code[64];
         char s3_msg[256];
         int attempts;
-        int timed_out; /* the last transport failure was a timeout */
-        long hdr_status;        /* status line seen by the header callback */
+        int timed_out;              /* the last transport failure was a timeout */
+        long hdr_status;            /* status line seen by the header callback */
         int64_t cr_start, cr_total; /* Content-Range "bytes S-E/T" (-1: absent/unknown) */
-        int range_empty;        /* 206 whose range starts at or past the object's end */
+        int range_empty;            /* 206 whose range starts at or past the object's end */
 } s3_call_t;
 
 /* ------------------------------------------------------------ small helpers */
@@ -171,8 +171,9 @@ ks_err_t ks_s3_endpoint_parse(const char *url, ks_s3_endpoint_t *out, char *why,
                 host_end = rest = p;
                 if (*p == '@') {
                         if (why)
-                                snprintf(why, whylen, "must not contain user info (credentials go in "
-                                                      "KAFSCALE_S3_ACCESS_KEY/KAFSCALE_S3_SECRET_KEY)");
+                                snprintf(why, whylen,
+                                         "must not contain user info (credentials go in "
+                                         "KAFSCALE_S3_ACCESS_KEY/KAFSCALE_S3_SECRET_KEY)");
                         return KS_ERR__INVALID_ARG;
                 }
                 int dots = 0, digits_only = 1;
@@ -230,13 +231,19 @@ ks_err_t ks_s3_endpoint_parse(const char *url, ks_s3_endpoint_t *out, char *why,
 /* Called at each element start (end = 0, text NULL) and end (end = 1; text
  * is the element's decoded text when it had no child elements, else NULL).
  * depth is 1 for the root.  Returns non-zero to stop with an error. */
-typedef int (*xml_fn)(void *ctx, int depth, const char *name, size_t nlen, int end, const char *text,
-                      size_t tlen);
+typedef int (*xml_fn)(void *ctx, int depth, const char *name, size_t nlen, int end, const char *text, size_t tlen);
 
 typedef struct xml_text {
         char *p;
         size_t len, cap;
 } xml_text_t;
+
+static void text_reset(xml_text_t *t)
+{
+        t->len = 0;
+        if (t->p)
+                t->p[0] = '\0';
+}
 
 static int text_add(xml_text_t *t, const char *s, size_t n)
 {
@@ -307,7 +314,7 @@ static int text_decode(xml_text_t *t, const char *s, size_t n)
                 static const struct {
                         const char *name;
                         char c;
-                } named[] = { { "lt", '<' }, { "gt", '>' }, { "amp", '&' }, { "quot", '"' }, { "apos", '\'' } };
+                } named[] = {{"lt", '<'}, {"gt", '>'}, {"amp", '&'}, {"quot", '"'}, {"apos", '\''}};
                 int ok = 0;
                 for (size_t k = 0; k < sizeof(named) / sizeof(named[0]); k++) {
                         if (el == strlen(named[k].name) && !memcmp(ent, named[k].name, el)) {
@@ -360,8 +367,8 @@ static int xml_space(char c)
 
 static int xml_name_char(char c)
 {
-        return !xml_space(c) && c != '/' && c != '>' && c != '<' && c != '=' && c != '"' && c != '\'' &&
-               c != '&' && c != '?' && c != '!';
+        return !xml_space(c) && c != '/' && c != '>' && c != '<' && c != '=' && c != '"' && c != '\'' && c != '&' &&
+               c != '?' && c != '!';
 }
 
 /* Parses one XML document.  KS_ERR_NONE, KS_ERR__PARSE (malformed or over a
@@ -374,7 +381,7 @@ static ks_err_t xml_parse(const char *buf, size_t len, xml_fn fn, void *ctx)
         size_t nlens[XML_MAX_DEPTH];
         int had_child[XML_MAX_DEPTH + 1];
         int depth = 0, root_seen = 0;
-        xml_text_t t = { 0 };
+        xml_text_t t = {0};
         ks_err_t err = KS_ERR__PARSE;
 
         had_child[0] = 0;
@@ -425,7 +432,7 @@ static ks_err_t xml_parse(const char *buf, size_t len, xml_fn fn, void *ctx)
                         if (fn(ctx, depth, n, nl, 1, leaf ? (t.p ? t.p : "") : NULL, leaf ? t.len : 0))
                                 goto out;
                         depth--;
-                        t.len = 0;
+                        text_reset(&t);
                         p = q + 1;
                 } else {
                         const char *n = p + 1, *q = n;
@@ -479,7 +486,7 @@ static ks_err_t xml_parse(const char *buf, size_t len, xml_fn fn, void *ctx)
                         nlens[depth] = nl;
                         depth++;
                         had_child[depth] = 0;
-                        t.len = 0;
+                        text_reset(&t);
                         if (fn(ctx, depth, n, nl, 0, NULL, 0))
                                 goto out;
                         if (empty) {
@@ -504,8 +511,7 @@ static int name_is(const char *name, size_t nlen, const char *want)
 
 /* --- S3 error documents: <Error><Code/><Message/><RequestId/></Error> */
 
-static int error_doc_fn(void *ctx, int depth, const char *name, size_t nlen, int end, const char *text,
-                        size_t tlen)
+static int error_doc_fn(void *ctx, int depth, const char *name, size_t nlen, int end, const char *text, size_t tlen)
 {
         s3_call_t *c = ctx;
         if (depth == 1 && !end && !name_is(name, nlen, "Error"))
@@ -681,8 +687,13 @@ static size_t on_header(char *ptr, size_t size, size_t nmemb, void *ud)
                 /* A new response (after 100 Continue, say): forget the old one's headers. */
                 c->request_id[0] = c->bucket_region[0] = '\0';
                 c->cr_start = c->cr_total = -1;
+                /* "HTTP/1.1 206 ...": three digits after the first space
+                 * (the line is not NUL-terminated: stay inside n). */
                 const char *sp = memchr(ptr, ' ', n);
-                c->hdr_status = sp && (size_t)(sp - ptr) + 4 <= n ? strtol(sp + 1, NULL, 10) : 0;
+                c->hdr_status = 0;
+                if (sp && (size_t)(sp - ptr) + 4 <= n && isdigit((unsigned char)sp[1]) &&
+                    isdigit((unsigned char)sp[2]) && isdigit((unsigned char)sp[3]))
+                        c->hdr_status = (sp[1] - '0') * 100 + (sp[2] - '0') * 10 + (sp[3] - '0');
                 return n;
         }
         if (n <= 2 && (ptr[0] == '\r' || ptr[0] == '\n')) {
@@ -710,8 +721,7 @@ static size_t on_header(char *ptr, size_t size, size_t nmemb, void *ud)
                         if (!parse_i64(slash + 1, (size_t)(v + vl - (slash + 1)), &tot))
                                 c->cr_total = tot;
                 }
-        }
-        else if ((v = header_value(ptr, n, "content-length", &vl)) && !c->body && vl < 20) {
+        } else if ((v = header_value(ptr, n, "content-length", &vl)) && !c->body && vl < 20) {
                 int64_t len;
                 if (!parse_i64(v, vl, &len) && len > 0 && (uint64_t)len <= c->max_body && len <= S3_MAX_PREALLOC) {
                         c->body = malloc((size_t)len);
@@ -831,9 +841,15 @@ typedef enum { ATTEMPT_DONE, ATTEMPT_RETRY, ATTEMPT_FAIL } attempt_t;
 
 static int retriable_code(const char *code)
 {
-        static const char *const codes[] = { "SlowDown", "RequestTimeout", "Throttling", "ThrottlingException",
-                                             "RequestThrottled", "RequestLimitExceeded", "InternalError",
-                                             "ServiceUnavailable", "PriorRequestNotComplete" };
+        static const char *const codes[] = {"SlowDown",
+                                            "RequestTimeout",
+                                            "Throttling",
+                                            "ThrottlingException",
+                                            "RequestThrottled",
+                                            "RequestLimitExceeded",
+                                            "InternalError",
+                                            "ServiceUnavailable",
+                                            "PriorRequestNotComplete"};
         for (size_t i = 0; i < sizeof(codes) / sizeof(codes[0]); i++)
                 if (!strcmp(code, codes[i]))
                         return 1;
@@ -883,7 +899,7 @@ static attempt_t s3_attempt(s3_store_t *s, s3_call_t *c, ks_err_t *fail)
 {
         char amz_date[17], *path = NULL, *url = NULL;
         struct curl_slist *hdrs = NULL;
-        ks_sigv4_output_t sig = { 0 };
+        ks_sigv4_output_t sig = {0};
         attempt_t res = ATTEMPT_FAIL;
         CURL *h = NULL;
         ks_err_t err;
@@ -899,24 +915,24 @@ static attempt_t s3_attempt(s3_store_t *s, s3_call_t *c, ks_err_t *fail)
                 goto out;
         snprintf(url, ulen, "%s%s%s%s", s->origin, path, c->query[0] ? "?" : "", c->query);
 
-        ks_sigv4_header_t sh[2] = { { "Host", s->host_header } };
+        ks_sigv4_header_t sh[2] = {{"Host", s->host_header}};
         size_t nsh = 1;
         if (c->range[0])
-                sh[nsh++] = (ks_sigv4_header_t){ "Range", c->range };
+                sh[nsh++] = (ks_sigv4_header_t){"Range", c->range};
         ks_sigv4_amz_date(ks_clock_wall_ms(ks_clock_system()), amz_date);
         ks_sigv4_input_t in = {
-                .method = c->method,
-                .path = path,
-                .query = c->query,
-                .headers = sh,
-                .nheaders = nsh,
-                .payload_hash = c->payload_hash,
-                .region = s->region,
-                .service = "s3",
-                .access_key = s->access_key,
-                .secret_key = s->secret_key,
-                .session_token = s->session_token,
-                .amz_date = amz_date,
+            .method = c->method,
+            .path = path,
+            .query = c->query,
+            .headers = sh,
+            .nheaders = nsh,
+            .payload_hash = c->payload_hash,
+            .region = s->region,
+            .service = "s3",
+            .access_key = s->access_key,
+            .secret_key = s->secret_key,
+            .session_token = s->session_token,
+            .amz_date = amz_date,
         };
         err = ks_sigv4_sign(&in, &sig);
         if (err) {
@@ -946,7 +962,7 @@ static attempt_t s3_attempt(s3_store_t *s, s3_call_t *c, ks_err_t *fail)
                 hdrs = n;
         }
         /* No "Expect: 100-continue" round trip; no Content-Type on PUT. */
-        const char *extra[] = { "Expect:", "Content-Type:", "Accept:" };
+        const char *extra[] = {"Expect:", "Content-Type:", "Accept:"};
         for (size_t i = 0; i < sizeof(extra) / sizeof(extra[0]); i++) {
                 struct curl_slist *n = curl_slist_append(hdrs, extra[i]);
                 if (!n)
@@ -989,7 +1005,9 @@ static attempt_t s3_attempt(s3_store_t *s, s3_call_t *c, ks_err_t *fail)
         c->cc = curl_easy_perform(h);
         if (c->cc == CURLE_OK)
                 curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &c->status);
-        curl_easy_setopt(h, CURLOPT_HTTPHEADER, NULL);
+        /* Drop every pointer into this call (headers, buffers, callbacks'
+         * data) before the handle goes back; its connection stays open. */
+        curl_easy_reset(h);
         pool_release(s, h);
         c->attempts++;
 
@@ -1008,8 +1026,8 @@ static attempt_t s3_attempt(s3_store_t *s, s3_call_t *c, ks_err_t *fail)
                 copy_clean(c->curl_err, sizeof(c->curl_err), c->curl_err, strlen(c->curl_err));
                 c->timed_out = c->cc == CURLE_OPERATION_TIMEDOUT;
                 if (c->body_too_large) {
-                        ks_log_error("s3_response_too_large", "op=%s %s=\"%s\" limit=%zu", c->op,
-                                     c->subj_name, c->subj, c->max_body);
+                        ks_log_error("s3_response_too_large", "op=%s %s=\"%s\" limit=%zu", c->op, c->subj_name, c->subj,
+                                     c->max_body);
                         *fail = KS_ERR__TOO_LARGE;
                         res = ATTEMPT_FAIL;
                 } else if (c->cc == CURLE_OUT_OF_MEMORY) {
@@ -1018,8 +1036,8 @@ static attempt_t s3_attempt(s3_store_t *s, s3_call_t *c, ks_err_t *fail)
                 } else if (retriable_curl(c->cc)) {
                         res = ATTEMPT_RETRY;
                 } else {
-                        ks_log_error("s3_request_failed", "op=%s %s=\"%s\" url=\"%s\" curl_code=%d error=\"%s\"",
-                                     c->op, c->subj_name, c->subj, url, (int)c->cc, c->curl_err);
+                        ks_log_error("s3_request_failed", "op=%s %s=\"%s\" url=\"%s\" curl_code=%d error=\"%s\"", c->op,
+                                     c->subj_name, c->subj, url, (int)c->cc, c->curl_err);
                         *fail = KS_ERR__IO;
                         res = ATTEMPT_FAIL;
                 }
@@ -1199,8 +1217,9 @@ static ks_err_t s3_get(ks_objstore_t *st, const char *key, int64_t offset, int64
                 c.body_len_got = (size_t)n;
         } else if (c.status == 206) {
                 if (c.cr_start != -1 && c.cr_start != offset) {
-                        ks_log_error("s3_bad_range_answer", "op=get key=\"%s\" requested_offset=%" PRId64
-                                     " content_range_start=%" PRId64 " request_id=\"%s\"",
+                        ks_log_error("s3_bad_range_answer",
+                                     "op=get key=\"%s\" requested_offset=%" PRId64 " content_range_start=%" PRId64
+                                     " request_id=\"%s\"",
                                      key, offset, c.cr_start, c.request_id);
                         err = KS_ERR__IO;
                         goto out;
@@ -1241,10 +1260,10 @@ static ks_err_t s3_list(ks_objstore_t *st, const char *prefix, ks_objlist_t *out
         if (err)
                 return err;
         for (int page = 0;; page++) {
-                ks_sigv4_param_t params[3] = { { "list-type", "2" }, { "prefix", prefix } };
+                ks_sigv4_param_t params[3] = {{"list-type", "2"}, {"prefix", prefix}};
                 size_t np = 2;
                 if (token)
-                        params[np++] = (ks_sigv4_param_t){ "continuation-token", token };
+                        params[np++] = (ks_sigv4_param_t){"continuation-token", token};
                 if (page >= S3_MAX_PAGES) {
                         ks_log_error("s3_list_failed", "prefix=\"%s\" reason=\"too many pages\"", prefix);
                         err = KS_ERR__PARSE;
@@ -1268,7 +1287,7 @@ static ks_err_t s3_list(ks_objstore_t *st, const char *prefix, ks_objlist_t *out
                         call_free(&c);
                         break;
                 }
-                list_ctx_t l = { .out = out, .cap = &cap, .prefix = prefix, .plen = strlen(prefix) };
+                list_ctx_t l = {.out = out, .cap = &cap, .prefix = prefix, .plen = strlen(prefix)};
                 err = xml_parse((const char *)c.body, c.body_len_got, list_fn, &l);
                 if (l.err)
                         err = l.err;
@@ -1298,7 +1317,8 @@ static ks_err_t s3_list(ks_objstore_t *st, const char *prefix, ks_objlist_t *out
                 return err;
         }
         if (skipped)
-                ks_log_warn("s3_list_skipped_keys", "bucket=\"%s\" prefix=\"%s\" skipped=%zu reason=\"not valid "
+                ks_log_warn("s3_list_skipped_keys",
+                            "bucket=\"%s\" prefix=\"%s\" skipped=%zu reason=\"not valid "
                             "Kafscale object keys\"",
                             s->bucket, prefix, skipped);
         ks_objlist_sort(out);
@@ -1371,8 +1391,9 @@ static ks_err_t s3_check(ks_objstore_t *st, char *msg, size_t msglen)
                 call_free(&d);
         }
         if (head_status == 404) {
-                snprintf(msg, msglen, "S3 bucket \"%s\" does not exist at %s (HEAD bucket answered 404); create it or "
-                                      "fix KAFSCALE_S3_BUCKET",
+                snprintf(msg, msglen,
+                         "S3 bucket \"%s\" does not exist at %s (HEAD bucket answered 404); create it or "
+                         "fix KAFSCALE_S3_BUCKET",
                          s->bucket, s->endpoint);
                 err = KS_ERR__NOT_FOUND;
         } else if (region[0] && strcmp(region, s->region) != 0) {
@@ -1389,8 +1410,7 @@ static ks_err_t s3_check(ks_objstore_t *st, char *msg, size_t msglen)
                 err = KS_ERR__IO;
         } else {
                 snprintf(msg, msglen, "S3 at %s answered HTTP %ld%s%s%s%s to HEAD bucket \"%s\"", s->endpoint,
-                         head_status, c.s3_code[0] ? " " : "", c.s3_code, c.s3_msg[0] ? ": " : "", c.s3_msg,
-                         s->bucket);
+                         head_status, c.s3_code[0] ? " " : "", c.s3_code, c.s3_msg[0] ? ": " : "", c.s3_msg, s->bucket);
                 err = KS_ERR__IO;
         }
         ks_log_error("s3_check_failed", "bucket=\"%s\" endpoint=\"%s\" status=%ld code=\"%s\" message=\"%s\"",
@@ -1425,13 +1445,13 @@ static void s3_destroy(ks_objstore_t *st)
 }
 
 static const ks_objstore_ops_t s3_ops = {
-        .name = "s3",
-        .put = s3_put,
-        .get = s3_get,
-        .list = s3_list,
-        .del = s3_del,
-        .check = s3_check,
-        .destroy = s3_destroy,
+    .name = "s3",
+    .put = s3_put,
+    .get = s3_get,
+    .list = s3_list,
+    .del = s3_del,
+    .check = s3_check,
+    .destroy = s3_destroy,
 };
 
 static ks_err_t bad_config(const char *field, const char *why)
@@ -1537,7 +1557,8 @@ ks_err_t ks_objstore_s3_new(const ks_s3_config_t *cfg, ks_objstore_t **out)
                 s3_destroy(&s->base);
                 return KS_ERR__NOMEM;
         }
-        ks_log_debug("objstore_s3_open", "bucket=\"%s\" region=%s endpoint=\"%s\" origin=\"%s\" path_style=%d "
+        ks_log_debug("objstore_s3_open",
+                     "bucket=\"%s\" region=%s endpoint=\"%s\" origin=\"%s\" path_style=%d "
                      "concurrency=%d timeout_ms=%d max_retries=%d",
                      s->bucket, s->region, s->endpoint, s->origin, cfg->path_style, s->concurrency, s->timeout_ms,
                      s->max_retries);

@@ -197,7 +197,7 @@ ks_err_t ks_sigv4_query_build(const ks_sigv4_param_t *params, size_t n, char **o
 {
         enc_param_t *e = n ? calloc(n, sizeof(*e)) : NULL;
         ks_err_t err = KS_ERR__NOMEM;
-        sb_t b = { 0 };
+        sb_t b = {0};
 
         *out = NULL;
         if (n && !e)
@@ -359,7 +359,7 @@ ks_err_t ks_sigv4_sign(const ks_sigv4_input_t *in, ks_sigv4_output_t *out)
         const size_t nh = in->nheaders + 2 + (has_token ? 1 : 0);
         canon_hdr_t *h = calloc(nh, sizeof(*h));
         ks_err_t err = KS_ERR__INVALID_ARG;
-        sb_t cr = { 0 }, sts = { 0 }, sh = { 0 }, auth = { 0 };
+        sb_t cr = {0}, sts = {0}, sh = {0}, auth = {0};
         char scope[256], cr_hash[65];
         unsigned char k1[32], k2[32], k3[32], k4[32], sig[32];
         int have_host = 0, bad = 0;
@@ -369,8 +369,8 @@ ks_err_t ks_sigv4_sign(const ks_sigv4_input_t *in, ks_sigv4_output_t *out)
         if (!h)
                 return KS_ERR__NOMEM;
         if (!nonempty(in->method) || !in->path || in->path[0] != '/' || !nonempty(in->payload_hash) ||
-            !nonempty(in->region) || !nonempty(in->service) || !nonempty(in->access_key) ||
-            !nonempty(in->secret_key) || !amz_date_valid(in->amz_date) || (in->nheaders && !in->headers))
+            !nonempty(in->region) || !nonempty(in->service) || !nonempty(in->access_key) || !nonempty(in->secret_key) ||
+            !amz_date_valid(in->amz_date) || (in->nheaders && !in->headers))
                 goto out;
         if (snprintf(scope, sizeof(scope), "%.8s/%s/%s/aws4_request", in->amz_date, in->region, in->service) >=
             (int)sizeof(scope))
@@ -401,9 +401,9 @@ ks_err_t ks_sigv4_sign(const ks_sigv4_input_t *in, ks_sigv4_output_t *out)
         if (!have_host)
                 goto out;
         {
-                const char *own[3][2] = { { "x-amz-date", in->amz_date },
-                                          { "x-amz-content-sha256", in->payload_hash },
-                                          { "x-amz-security-token", in->session_token } };
+                const char *own[3][2] = {{"x-amz-date", in->amz_date},
+                                         {"x-amz-content-sha256", in->payload_hash},
+                                         {"x-amz-security-token", in->session_token}};
                 for (int k = 0; k < 2 + has_token; k++, i++) {
                         h[i].name = strdup(own[k][0]);
                         h[i].value = trimall_dup(own[k][1], &bad);

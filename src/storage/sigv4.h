@@ -56,9 +56,9 @@ typedef struct ks_sigv4_param {
 
 /* Everything a signature depends on.  All strings are borrowed. */
 typedef struct ks_sigv4_input {
-        const char *method;       /* "GET", "PUT", ... (sent as given) */
-        const char *path;         /* canonical URI, URI-encoded, starts with '/' */
-        const char *query;        /* canonical query string; NULL or "" = none */
+        const char *method;               /* "GET", "PUT", ... (sent as given) */
+        const char *path;                 /* canonical URI, URI-encoded, starts with '/' */
+        const char *query;                /* canonical query string; NULL or "" = none */
         const ks_sigv4_header_t *headers; /* headers to sign; must contain "host" */
         size_t nheaders;
         const char *payload_hash; /* lower-case hex SHA-256 of the body, or UNSIGNED-PAYLOAD */
@@ -80,8 +80,8 @@ typedef struct ks_sigv4_output {
         int nadd;
         char *canonical_request; /* for tests and debug logs */
         char *string_to_sign;
-        char *signed_headers;    /* "host;range;x-amz-content-sha256;x-amz-date" */
-        char signature[65];      /* lower-case hex */
+        char *signed_headers; /* "host;range;x-amz-content-sha256;x-amz-date" */
+        char signature[65];   /* lower-case hex */
 } ks_sigv4_output_t;
 
 /* Signs `in`.  On success fills *out (caller frees); on failure *out is

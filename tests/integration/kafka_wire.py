@@ -31,6 +31,7 @@ DESCRIBE_CLUSTER = 60
 FIRST_FLEXIBLE_VERSION = {
     PRODUCE: 9,
     FETCH: 12,
+    2: 6,  # ListOffsets
     METADATA: 9,
     API_VERSIONS: 3,
     CREATE_TOPICS: 5,
@@ -41,7 +42,7 @@ FIRST_FLEXIBLE_VERSION = {
 # Version ranges the broker under test must advertise in ApiVersions
 # (checked exactly by the tests): api key -> (min, max).
 KAFSCALE_API_RANGES = {
-    0: (3, 11),   # Produce
+    0: (0, 11),   # Produce (v0-v2 advertised, answered UNSUPPORTED_VERSION)
     1: (4, 17),   # Fetch
     2: (0, 10),   # ListOffsets
     API_VERSIONS: (0, 4),

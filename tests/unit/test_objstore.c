@@ -104,15 +104,15 @@ typedef struct os_backend {
         ks_objstore_t *(*open)(void *arg);
         void (*cleanup)(void *arg);
         int (*nonatomic)(void); /* the server replaces objects non-atomically */
-        int slow;      /* network store: smaller iteration counts */
-        int list_page; /* keys per list page of the server (0: no paging) */
+        int slow;               /* network store: smaller iteration counts */
+        int list_page;          /* keys per list page of the server (0: no paging) */
 } os_backend_t;
 
 typedef struct os_fx {
         const os_backend_t *be;
         void *arg;
         ks_objstore_t *s;
-        int atomic; /* overwrites are atomic on this store (see the top) */
+        int atomic;   /* overwrites are atomic on this store (see the top) */
         char pfx[64]; /* every key of a case starts with this */
 } os_fx_t;
 
@@ -128,13 +128,13 @@ static const char *K(const os_fx_t *fx, const char *rel)
 
 static ks_err_t put_str(ks_objstore_t *s, const char *key, const char *data)
 {
-        struct iovec iov = { (void *)data, strlen(data) };
+        struct iovec iov = {(void *)data, strlen(data)};
         return ks_objstore_put(s, key, &iov, 1);
 }
 
 static ks_err_t put_bytes(ks_objstore_t *s, const char *key, const void *data, size_t n)
 {
-        struct iovec iov = { (void *)data, n };
+        struct iovec iov = {(void *)data, n};
         return ks_objstore_put(s, key, &iov, 1);
 }
 
@@ -145,7 +145,7 @@ static ks_objstore_t *mem_open(void *arg)
         return ks_objstore_memory_new(&s) == KS_ERR_NONE ? s : NULL;
 }
 
-static const os_backend_t os_memory = { .name = "memory", .open = mem_open };
+static const os_backend_t os_memory = {.name = "memory", .open = mem_open};
 
 /* --- local directory */
 typedef struct local_dir {
@@ -187,29 +187,28 @@ static void local_cleanup(void *arg)
 }
 
 static const os_backend_t os_local = {
-        .name = "local", .setup = local_setup, .open = local_open, .cleanup = local_cleanup
-};
+    .name = "local", .setup = local_setup, .open = local_open, .cleanup = local_cleanup};
 
 /* --- S3 (a real S3-compatible server) */
 static const char *s3_unavailable(void)
 {
         return getenv("KAFSCALE_TEST_S3_ENDPOINT") && getenv("KAFSCALE_TEST_S3_ENDPOINT")[0]
-                       ? NULL
-                       : "KAFSCALE_TEST_S3_ENDPOINT is not set (tests/integration/test_s3_backend.py sets it)";
+                   ? NULL
+                   : "KAFSCALE_TEST_S3_ENDPOINT is not set (tests/integration/test_s3_backend.py sets it)";
 }
 
 static ks_s3_config_t s3_test_config(const char *bucket)
 {
         ks_s3_config_t c = {
-                .bucket = bucket ? bucket : env_or("KAFSCALE_TEST_S3_BUCKET", "kafscale"),
-                .region = env_or("KAFSCALE_TEST_S3_REGION", "us-east-1"),
-                .endpoint = getenv("KAFSCALE_TEST_S3_ENDPOINT"),
-                .path_style = 1,
-                .access_key = env_or("KAFSCALE_TEST_S3_ACCESS_KEY", "S3RVER"),
-                .secret_key = env_or("KAFSCALE_TEST_S3_SECRET_KEY", "S3RVER"),
-                .concurrency = 8,
-                .timeout_ms = 20000,
-                .max_retries = 3,
+            .bucket = bucket ? bucket : env_or("KAFSCALE_TEST_S3_BUCKET", "kafscale"),
+            .region = env_or("KAFSCALE_TEST_S3_REGION", "us-east-1"),
+            .endpoint = getenv("KAFSCALE_TEST_S3_ENDPOINT"),
+            .path_style = 1,
+            .access_key = env_or("KAFSCALE_TEST_S3_ACCESS_KEY", "S3RVER"),
+            .secret_key = env_or("KAFSCALE_TEST_S3_SECRET_KEY", "S3RVER"),
+            .concurrency = 8,
+            .timeout_ms = 20000,
+            .max_retries = 3,
         };
         return c;
 }
@@ -226,19 +225,19 @@ static int s3_nonatomic(void)
         return !strcmp(env_or("KAFSCALE_TEST_S3_SERVER", ""), "s3rver");
 }
 
-static const os_backend_t os_s3 = { .name = "s3",
-                                    .unavailable = s3_unavailable,
-                                    .open = s3_open,
-                                    .nonatomic = s3_nonatomic,
-                                    .slow = 1,
-                                    .list_page = 1000 };
+static const os_backend_t os_s3 = {.name = "s3",
+                                   .unavailable = s3_unavailable,
+                                   .open = s3_open,
+                                   .nonatomic = s3_nonatomic,
+                                   .slow = 1,
+                                   .list_page = 1000};
 
 typedef void (*os_case_fn)(os_fx_t *fx);
 
 static void os_run(const os_backend_t *be, os_case_fn fn)
 {
         static int seq;
-        os_fx_t fx = { .be = be };
+        os_fx_t fx = {.be = be};
 
         if (be->unavailable && be->unavailable()) {
                 static int said;
@@ -253,15 +252,15 @@ static void os_run(const os_backend_t *be, os_case_fn fn)
                 return;
         }
         /* A fresh prefix per case: a shared bucket keeps earlier runs' keys. */
-        snprintf(fx.pfx, sizeof(fx.pfx), "t%ld-%lld-%d/", (long)getpid(), (long long)ks_clock_wall_ms(ks_clock_system()),
-                 ++seq);
+        snprintf(fx.pfx, sizeof(fx.pfx), "t%ld-%lld-%d/", (long)getpid(),
+                 (long long)ks_clock_wall_ms(ks_clock_system()), ++seq);
         fx.s = be->open(fx.arg);
         if (!fx.s) {
                 ks_test_fail(__FILE__, __LINE__, "backend %s: open failed", be->name);
         } else {
                 fn(&fx);
                 /* Tidy a shared store. */
-                ks_objlist_t l = { 0 };
+                ks_objlist_t l = {0};
                 if (ks_objstore_list(fx.s, fx.pfx, &l) == KS_ERR_NONE)
                         for (size_t i = 0; i < l.count; i++)
                                 ks_objstore_del(fx.s, l.items[i].key);
@@ -276,7 +275,7 @@ static void os_run(const os_backend_t *be, os_case_fn fn)
 
 static void os_case_put_get(os_fx_t *fx)
 {
-        ks_objbuf_t b = { 0 };
+        ks_objbuf_t b = {0};
         REQUIRE_EQ_INT(put_str(fx->s, K(fx, "a/obj1"), "hello kafscale"), KS_ERR_NONE);
         REQUIRE_EQ_INT(ks_objstore_get(fx->s, K(fx, "a/obj1"), 0, -1, &b), KS_ERR_NONE);
         CHECK_EQ_MEM(b.data, b.len, "hello kafscale", 14);
@@ -294,7 +293,7 @@ static void os_case_put_get(os_fx_t *fx)
 static void os_case_ranged_get(os_fx_t *fx)
 {
         uint8_t data[100];
-        ks_objbuf_t b = { 0 };
+        ks_objbuf_t b = {0};
         for (int i = 0; i < 100; i++)
                 data[i] = (uint8_t)i;
         const char *key = K(fx, "r/segment-00000000000000000000.kfs");
@@ -304,16 +303,16 @@ static void os_case_ranged_get(os_fx_t *fx)
                 int64_t off, len;
                 size_t want_off, want_len;
         } cases[] = {
-                { 10, 20, 10, 20 }, /* inside */
-                { 90, -1, 90, 10 }, /* to the end */
-                { 0, -1, 0, 100 },  /* whole */
-                { 0, 100, 0, 100 }, /* exactly whole */
-                { 95, 10, 95, 5 },  /* clipped at the end */
-                { 99, 1, 99, 1 },   /* last byte */
-                { 0, 1, 0, 1 },     /* first byte */
-                { 100, 5, 0, 0 },   /* at the end: empty */
-                { 150, -1, 0, 0 },  /* past the end: empty */
-                { 5, 0, 0, 0 },     /* empty range */
+            {10, 20, 10, 20}, /* inside */
+            {90, -1, 90, 10}, /* to the end */
+            {0, -1, 0, 100},  /* whole */
+            {0, 100, 0, 100}, /* exactly whole */
+            {95, 10, 95, 5},  /* clipped at the end */
+            {99, 1, 99, 1},   /* last byte */
+            {0, 1, 0, 1},     /* first byte */
+            {100, 5, 0, 0},   /* at the end: empty */
+            {150, -1, 0, 0},  /* past the end: empty */
+            {5, 0, 0, 0},     /* empty range */
         };
         for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
                 ks_err_t err = ks_objstore_get(fx->s, key, cases[i].off, cases[i].len, &b);
@@ -335,8 +334,8 @@ static void os_case_ranged_get(os_fx_t *fx)
 
 static void os_case_empty_object(os_fx_t *fx)
 {
-        ks_objbuf_t b = { 0 };
-        ks_objlist_t l = { 0 };
+        ks_objbuf_t b = {0};
+        ks_objlist_t l = {0};
         REQUIRE_EQ_INT(ks_objstore_put(fx->s, K(fx, "e/empty"), NULL, 0), KS_ERR_NONE);
         REQUIRE_EQ_INT(ks_objstore_get(fx->s, K(fx, "e/empty"), 0, -1, &b), KS_ERR_NONE);
         CHECK_EQ_INT(b.len, 0);
@@ -358,14 +357,14 @@ static void os_case_list_prefix_sorted(os_fx_t *fx)
                 const char *key;
                 int size;
         } objs[] = {
-                { "list/t/1/segment-00000000000000000010.kfs", 10 },
-                { "list/t/1/segment-00000000000000000002.kfs", 2 },
-                { "list/t/1/segment-00000000000000000002.index", 22 },
-                { "list/t/10/segment-00000000000000000000.kfs", 3 },
-                { "list/t/2/x", 4 },
-                { "list/t.x/y", 5 },
-                { "list/u", 6 },
-                { "list/t-a", 7 },
+            {"list/t/1/segment-00000000000000000010.kfs", 10},
+            {"list/t/1/segment-00000000000000000002.kfs", 2},
+            {"list/t/1/segment-00000000000000000002.index", 22},
+            {"list/t/10/segment-00000000000000000000.kfs", 3},
+            {"list/t/2/x", 4},
+            {"list/t.x/y", 5},
+            {"list/u", 6},
+            {"list/t-a", 7},
         };
         char buf[32];
         memset(buf, 'x', sizeof(buf));
@@ -373,11 +372,13 @@ static void os_case_list_prefix_sorted(os_fx_t *fx)
                 REQUIRE_EQ_INT(put_bytes(fx->s, K(fx, objs[i].key), buf, (size_t)objs[i].size), KS_ERR_NONE);
 
         static const char *const under_t_slash[] = {
-                "list/t/1/segment-00000000000000000002.index", "list/t/1/segment-00000000000000000002.kfs",
-                "list/t/1/segment-00000000000000000010.kfs",   "list/t/10/segment-00000000000000000000.kfs",
-                "list/t/2/x",
+            "list/t/1/segment-00000000000000000002.index",
+            "list/t/1/segment-00000000000000000002.kfs",
+            "list/t/1/segment-00000000000000000010.kfs",
+            "list/t/10/segment-00000000000000000000.kfs",
+            "list/t/2/x",
         };
-        ks_objlist_t l = { 0 };
+        ks_objlist_t l = {0};
         REQUIRE_EQ_INT(ks_objstore_list(fx->s, K(fx, "list/t/"), &l), KS_ERR_NONE);
         CHECK_EQ_INT(l.count, 5);
         for (size_t i = 0; i < l.count && i < 5; i++) {
@@ -422,8 +423,8 @@ static void os_case_list_prefix_sorted(os_fx_t *fx)
 
 static void os_case_delete_idempotent(os_fx_t *fx)
 {
-        ks_objbuf_t b = { 0 };
-        ks_objlist_t l = { 0 };
+        ks_objbuf_t b = {0};
+        ks_objlist_t l = {0};
         REQUIRE_EQ_INT(put_str(fx->s, K(fx, "d/x"), "x"), KS_ERR_NONE);
         REQUIRE_EQ_INT(put_str(fx->s, K(fx, "d/y"), "y"), KS_ERR_NONE);
         CHECK_EQ_INT(ks_objstore_del(fx->s, K(fx, "d/x")), KS_ERR_NONE);
@@ -445,8 +446,8 @@ static void os_case_delete_idempotent(os_fx_t *fx)
 static void os_case_overwrite(os_fx_t *fx)
 {
         char big[1000];
-        ks_objbuf_t b = { 0 };
-        ks_objlist_t l = { 0 };
+        ks_objbuf_t b = {0};
+        ks_objlist_t l = {0};
         memset(big, 'v', sizeof(big));
         REQUIRE_EQ_INT(put_bytes(fx->s, K(fx, "o/k"), big, sizeof(big)), KS_ERR_NONE);
         REQUIRE_EQ_INT(put_str(fx->s, K(fx, "o/k"), "v2!"), KS_ERR_NONE);
@@ -502,7 +503,7 @@ static void *ow_reader(void *arg)
         int64_t deadline = now_ms() + 60000;
         int reads = 0, errors = 0, mixed = 0;
         while (!__atomic_load_n(&r->done, __ATOMIC_ACQUIRE) && now_ms() < deadline) {
-                ks_objbuf_t b = { 0 };
+                ks_objbuf_t b = {0};
                 if (ks_objstore_get(r->s, r->key, 0, -1, &b) != KS_ERR_NONE) {
                         errors++;
                         continue;
@@ -525,7 +526,7 @@ static void *ow_reader(void *arg)
 
 static void os_case_overwrite_atomic(os_fx_t *fx)
 {
-        ow_race_t r = { .s = fx->s, .key = K(fx, "ow/k"), .rounds = fx->be->slow ? 30 : 200 };
+        ow_race_t r = {.s = fx->s, .key = K(fx, "ow/k"), .rounds = fx->be->slow ? 30 : 200};
         pthread_t w, rd[2];
         REQUIRE_EQ_INT(put_str(fx->s, r.key, "seed"), KS_ERR_NONE);
         uint8_t a[OW_A_LEN];
@@ -548,7 +549,7 @@ static void os_case_overwrite_atomic(os_fx_t *fx)
                        fx->be->name, r.mixed, r.reads, r.reader_errors);
         }
         /* The last write wins. */
-        ks_objbuf_t b = { 0 };
+        ks_objbuf_t b = {0};
         REQUIRE_EQ_INT(ks_objstore_get(fx->s, r.key, 0, -1, &b), KS_ERR_NONE);
         CHECK_EQ_INT(b.len, (r.rounds - 1) & 1 ? OW_B_LEN : OW_A_LEN);
         ks_objbuf_free(&b);
@@ -557,10 +558,10 @@ static void os_case_overwrite_atomic(os_fx_t *fx)
 static void os_case_iovec_put(os_fx_t *fx)
 {
         uint8_t mid[1000];
-        ks_objbuf_t b = { 0 };
+        ks_objbuf_t b = {0};
         fill_pattern(mid, sizeof(mid), 7);
         struct iovec iov[] = {
-                { "KAFS", 4 }, { NULL, 0 }, { "h", 1 }, { mid, sizeof(mid) }, { "", 0 }, { "END!", 4 },
+            {"KAFS", 4}, {NULL, 0}, {"h", 1}, {mid, sizeof(mid)}, {"", 0}, {"END!", 4},
         };
         uint8_t want[4 + 1 + sizeof(mid) + 4];
         memcpy(want, "KAFSh", 5);
@@ -601,11 +602,11 @@ static void os_case_large_object(os_fx_t *fx)
 {
         const size_t n = 8u << 20;
         uint8_t *data = malloc(n);
-        ks_objbuf_t b = { 0 };
-        ks_objlist_t l = { 0 };
+        ks_objbuf_t b = {0};
+        ks_objlist_t l = {0};
         REQUIRE(data);
         fill_pattern(data, n, 12345);
-        struct iovec iov[3] = { { data, 32 }, { data + 32, n - 48 }, { data + n - 16, 16 } };
+        struct iovec iov[3] = {{data, 32}, {data + 32, n - 48}, {data + n - 16, 16}};
         const char *key = K(fx, "big/segment-00000000000000000000.kfs");
         CHECK_EQ_INT(ks_objstore_put(fx->s, key, iov, 3), KS_ERR_NONE);
         if (ks_objstore_get(fx->s, key, 0, -1, &b) == KS_ERR_NONE) {
@@ -660,11 +661,11 @@ static void os_case_concurrent_puts(os_fx_t *fx)
         enum { T = 8, PER = 10 };
         cp_arg_t args[T];
         pthread_t th[T];
-        ks_objlist_t l = { 0 };
-        ks_objbuf_t b = { 0 };
+        ks_objlist_t l = {0};
+        ks_objbuf_t b = {0};
 
         for (int t = 0; t < T; t++) {
-                args[t] = (cp_arg_t){ .s = fx->s, .fx = fx, .id = t, .count = PER };
+                args[t] = (cp_arg_t){.s = fx->s, .fx = fx, .id = t, .count = PER};
                 REQUIRE(pthread_create(&th[t], NULL, cp_thread, &args[t]) == 0);
         }
         for (int t = 0; t < T; t++)
@@ -731,9 +732,9 @@ static void os_case_many_keys_list(os_fx_t *fx)
         const int N = fx->be->list_page ? fx->be->list_page + 234 : 300;
         mk_arg_t args[T];
         pthread_t th[T];
-        ks_objlist_t l = { 0 };
+        ks_objlist_t l = {0};
         for (int t = 0; t < T; t++) {
-                args[t] = (mk_arg_t){ .s = fx->s, .pfx = fx->pfx, .from = t * N / T, .to = (t + 1) * N / T };
+                args[t] = (mk_arg_t){.s = fx->s, .pfx = fx->pfx, .from = t * N / T, .to = (t + 1) * N / T};
                 REQUIRE(pthread_create(&th[t], NULL, mk_thread, &args[t]) == 0);
         }
         for (int t = 0; t < T; t++)
@@ -763,11 +764,22 @@ static void os_case_bad_keys(os_fx_t *fx)
         long_name[1] = '/';
         long_name[sizeof(long_name) - 1] = '\0';
         const char *bad[] = {
-                "", "/abs/key", K(fx, "a//b"), K(fx, "a/"), K(fx, "a/../b"), K(fx, ".."), K(fx, "a/./b"), K(fx, "."),
-                K(fx, "a/seg.kfs.tmp.1.2"), K(fx, "a/x\ny"), K(fx, "a/\x7f"), long_key, K(fx, long_name),
+            "",
+            "/abs/key",
+            K(fx, "a//b"),
+            K(fx, "a/"),
+            K(fx, "a/../b"),
+            K(fx, ".."),
+            K(fx, "a/./b"),
+            K(fx, "."),
+            K(fx, "a/seg.kfs.tmp.1.2"),
+            K(fx, "a/x\ny"),
+            K(fx, "a/\x7f"),
+            long_key,
+            K(fx, long_name),
         };
-        ks_objbuf_t b = { 0 };
-        struct iovec iov = { "x", 1 };
+        ks_objbuf_t b = {0};
+        struct iovec iov = {"x", 1};
         for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
                 int before = ks_test_failed();
                 CHECK_EQ_INT(ks_objstore_put(fx->s, bad[i], &iov, 1), KS_ERR__INVALID_ARG);
@@ -776,7 +788,7 @@ static void os_case_bad_keys(os_fx_t *fx)
                 if (ks_test_failed() && !before)
                         printf("  (bad key #%zu \"%.60s\")\n", i, bad[i]);
         }
-        ks_objlist_t l = { 0 };
+        ks_objlist_t l = {0};
         CHECK_EQ_INT(ks_objstore_list(fx->s, "/abs", &l), KS_ERR__INVALID_ARG);
         CHECK_EQ_INT(ks_objstore_list(fx->s, K(fx, "a//"), &l), KS_ERR__INVALID_ARG);
         CHECK_EQ_INT(ks_objstore_list(fx->s, K(fx, "../"), &l), KS_ERR__INVALID_ARG);
@@ -784,8 +796,8 @@ static void os_case_bad_keys(os_fx_t *fx)
 
         /* Acceptable, though they look close: ".tmp." in a folder (a topic
          * named orders.tmp.v2), ".." inside a name, spaces, '+', '&'. */
-        const char *good[] = { K(fx, "orders.tmp.v2/0/segment-00000000000000000000.kfs"), K(fx, "a..b/c..d"),
-                               K(fx, "sp ace/p+l&s=x~y"), K(fx, "tmp./.tmp") };
+        const char *good[] = {K(fx, "orders.tmp.v2/0/segment-00000000000000000000.kfs"), K(fx, "a..b/c..d"),
+                              K(fx, "sp ace/p+l&s=x~y"), K(fx, "tmp./.tmp")};
         for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
                 CHECK_EQ_INT(put_str(fx->s, good[i], "ok"), KS_ERR_NONE);
                 if (ks_objstore_get(fx->s, good[i], 0, -1, &b) == KS_ERR_NONE) {
@@ -870,7 +882,7 @@ TEST(objstore_s3_check_wrong_bucket)
         CHECK(strstr(msg, "does not exist") != NULL);
         CHECK(strstr(msg, c.endpoint) != NULL);
         /* Operations on it fail without pretending the object is missing. */
-        ks_objbuf_t b = { 0 };
+        ks_objbuf_t b = {0};
         CHECK_EQ_INT(ks_objstore_get(s, "x/y", 0, -1, &b), KS_ERR__IO);
         CHECK_EQ_INT(put_str(s, "x/y", "z"), KS_ERR__IO);
         ks_objstore_destroy(s);
@@ -990,7 +1002,7 @@ TEST(objstore_local_no_tmp_listed_and_cleaned_at_open)
         local_dir_t *d = local_setup();
         char store[300], p[600];
         ks_objstore_t *s = NULL;
-        ks_objlist_t l = { 0 };
+        ks_objlist_t l = {0};
         REQUIRE(d);
         snprintf(store, sizeof(store), "%s/store", d->dir);
         REQUIRE_EQ_INT(ks_objstore_local_new(store, &s), KS_ERR_NONE);
@@ -1017,7 +1029,7 @@ TEST(objstore_local_no_tmp_listed_and_cleaned_at_open)
         s = NULL;
         REQUIRE_EQ_INT(ks_objstore_local_new(store, &s), KS_ERR_NONE);
         CHECK_EQ_INT(count_tmp_files(store), 0);
-        ks_objbuf_t b = { 0 };
+        ks_objbuf_t b = {0};
         CHECK_EQ_INT(ks_objstore_get(s, "default/t/0/segment-00000000000000000000.kfs", 0, -1, &b), KS_ERR_NONE);
         CHECK_EQ_MEM(b.data, b.len, "data", 4);
         ks_objbuf_free(&b);
@@ -1042,7 +1054,7 @@ TEST(objstore_local_on_disk_layout)
         /* Files put by hand (tools, restores) are objects too. */
         snprintf(p, sizeof(p), "%s/default/orders/3/segment-00000000000000000099.kfs", store);
         REQUIRE(write_file(p, "hand") == 0);
-        ks_objlist_t l = { 0 };
+        ks_objlist_t l = {0};
         REQUIRE_EQ_INT(ks_objstore_list(s, "default/orders/3/", &l), KS_ERR_NONE);
         CHECK_EQ_INT(l.count, 2);
         ks_objlist_free(&l);
@@ -1054,7 +1066,7 @@ TEST(objstore_local_key_folder_conflicts)
 {
         local_dir_t *d = local_setup();
         ks_objstore_t *s = local_open(d);
-        ks_objbuf_t b = { 0 };
+        ks_objbuf_t b = {0};
         REQUIRE(s);
         CHECK_EQ_INT(put_str(s, "a/b", "file"), KS_ERR_NONE);
         CHECK_EQ_INT(put_str(s, "a/b/c", "under a file"), KS_ERR__INVALID_ARG);
@@ -1197,7 +1209,8 @@ static void *fake_conn_main(void *arg)
                                 goto out;
                         have += (size_t)r;
                 }
-                fake_req_t rq = { 0 };
+                fake_req_t rq = {0};
+                buf[have] = '\0';
                 sscanf(buf, "%15s %2047s", rq.method, rq.target);
                 const char *h0 = strstr(buf, "\r\n") + 2;
                 size_t hl = hlen - 2 - (size_t)(h0 - buf);
@@ -1232,12 +1245,11 @@ static void *fake_conn_main(void *arg)
                 }
                 const char *body = resp.body ? resp.body : "";
                 char head[2048];
-                int n = snprintf(head, sizeof(head), "HTTP/1.1 %d Fake\r\nContent-Length: %zu\r\n%s\r\n",
-                                 resp.status, strlen(body) + (resp.mode == FAKE_SHORT),
-                                 resp.headers ? resp.headers : "");
+                int n = snprintf(head, sizeof(head), "HTTP/1.1 %d Fake\r\nContent-Length: %zu\r\n%s\r\n", resp.status,
+                                 strlen(body) + (resp.mode == FAKE_SHORT), resp.headers ? resp.headers : "");
                 /* One write: head and body in separate segments would meet
                  * the client's delayed ACK. */
-                struct iovec out[2] = { { head, (size_t)n }, { (void *)body, strlen(body) } };
+                struct iovec out[2] = {{head, (size_t)n}, {(void *)body, strlen(body)}};
                 int cnt = strcmp(rq.method, "HEAD") != 0 && body[0] ? 2 : 1;
                 size_t want = (size_t)n + (cnt == 2 ? strlen(body) : 0);
                 int ok = writev(fd, out, cnt) == (ssize_t)want;
@@ -1286,11 +1298,11 @@ static void *fake_accept_main(void *arg)
 
 static int fake_start(fake_srv_t *f)
 {
-        struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+        struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
         socklen_t al = sizeof(a);
         memset(f, 0, sizeof(*f));
         pthread_mutex_init(&f->mu, NULL);
-        f->dflt = (fake_resp_t){ .status = 200 };
+        f->dflt = (fake_resp_t){.status = 200};
         f->lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
         if (f->lfd < 0 || bind(f->lfd, (struct sockaddr *)&a, sizeof(a)) != 0 || listen(f->lfd, 64) != 0 ||
             getsockname(f->lfd, (struct sockaddr *)&a, &al) != 0)
@@ -1342,22 +1354,28 @@ static int fake_nreqs(fake_srv_t *f)
         return n;
 }
 
-static ks_objstore_t *fake_store(const fake_srv_t *f, int retries, int timeout_ms, int concurrency,
-                                 const char *token)
+static ks_objstore_t *fake_store(const fake_srv_t *f, int retries, int timeout_ms, int concurrency, const char *token)
 {
         char ep[64];
         ks_objstore_t *s = NULL;
         snprintf(ep, sizeof(ep), "http://127.0.0.1:%d", f->port);
         ks_s3_config_t c = {
-                .bucket = "bkt", .region = "us-east-1", .endpoint = ep, .path_style = 1,
-                .access_key = "AKFAKE", .secret_key = "SKFAKE", .session_token = token,
-                .concurrency = concurrency, .timeout_ms = timeout_ms, .max_retries = retries,
+            .bucket = "bkt",
+            .region = "us-east-1",
+            .endpoint = ep,
+            .path_style = 1,
+            .access_key = "AKFAKE",
+            .secret_key = "SKFAKE",
+            .session_token = token,
+            .concurrency = concurrency,
+            .timeout_ms = timeout_ms,
+            .max_retries = retries,
         };
         return ks_objstore_s3_new(&c, &s) == KS_ERR_NONE ? s : NULL;
 }
 
-#define XML_ERR(code, msg)                                                                                 \
-        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>" code "</Code><Message>" msg            \
+#define XML_ERR(code, msg)                                                                                             \
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>" code "</Code><Message>" msg                        \
         "</Message><RequestId>REQ123</RequestId></Error>"
 
 TEST(objstore_s3fake_retries_5xx_and_slowdown)
@@ -1367,9 +1385,9 @@ TEST(objstore_s3fake_retries_5xx_and_slowdown)
         ks_objstore_t *s = fake_store(&f, 3, 5000, 4, NULL);
         REQUIRE(s);
         fake_resp_t script[] = {
-                { 503, NULL, XML_ERR("SlowDown", "Please reduce your request rate."), 0 },
-                { 500, NULL, XML_ERR("InternalError", "We encountered an internal error."), 0 },
-                { 200, NULL, NULL, 0 },
+            {503, NULL, XML_ERR("SlowDown", "Please reduce your request rate."), 0},
+            {500, NULL, XML_ERR("InternalError", "We encountered an internal error."), 0},
+            {200, NULL, NULL, 0},
         };
         fake_script(&f, script, 3);
         CHECK_EQ_INT(put_str(s, "a/b", "payload"), KS_ERR_NONE);
@@ -1384,7 +1402,7 @@ TEST(objstore_s3fake_retries_5xx_and_slowdown)
                 CHECK_EQ_STR(hdr_find(f.reqs[i].headers, "x-amz-content-sha256", h, sizeof(h)), want);
         }
         /* 400 with a throttling code is retried too. */
-        fake_resp_t s2[] = { { 400, NULL, XML_ERR("RequestTimeout", "Idle too long"), 0 }, { 200, NULL, NULL, 0 } };
+        fake_resp_t s2[] = {{400, NULL, XML_ERR("RequestTimeout", "Idle too long"), 0}, {200, NULL, NULL, 0}};
         fake_script(&f, s2, 2);
         CHECK_EQ_INT(put_str(s, "a/b", "payload"), KS_ERR_NONE);
         CHECK_EQ_INT(fake_nreqs(&f), 2);
@@ -1395,29 +1413,29 @@ TEST(objstore_s3fake_retries_5xx_and_slowdown)
 TEST(objstore_s3fake_4xx_not_retried)
 {
         fake_srv_t f;
-        ks_objbuf_t b = { 0 };
+        ks_objbuf_t b = {0};
         REQUIRE(fake_start(&f) == 0);
         ks_objstore_t *s = fake_store(&f, 3, 5000, 4, NULL);
         REQUIRE(s);
-        fake_resp_t denied[] = { { 403, NULL, XML_ERR("AccessDenied", "Access Denied"), 0 } };
+        fake_resp_t denied[] = {{403, NULL, XML_ERR("AccessDenied", "Access Denied"), 0}};
         fake_script(&f, denied, 1);
         CHECK_EQ_INT(put_str(s, "a/b", "x"), KS_ERR__IO);
         CHECK_EQ_INT(fake_nreqs(&f), 1);
 
-        fake_resp_t nokey[] = { { 404, NULL, XML_ERR("NoSuchKey", "The specified key does not exist."), 0 } };
+        fake_resp_t nokey[] = {{404, NULL, XML_ERR("NoSuchKey", "The specified key does not exist."), 0}};
         fake_script(&f, nokey, 1);
         CHECK_EQ_INT(ks_objstore_get(s, "a/b", 0, -1, &b), KS_ERR__NOT_FOUND);
         CHECK_EQ_INT(fake_nreqs(&f), 1);
 
-        fake_resp_t nobucket[] = { { 404, NULL, XML_ERR("NoSuchBucket", "The specified bucket does not exist"), 0 } };
+        fake_resp_t nobucket[] = {{404, NULL, XML_ERR("NoSuchBucket", "The specified bucket does not exist"), 0}};
         fake_script(&f, nobucket, 1);
         CHECK_EQ_INT(ks_objstore_get(s, "a/b", 0, -1, &b), KS_ERR__IO); /* not "no such segment" */
         fake_script(&f, nobucket, 1);
         CHECK_EQ_INT(ks_objstore_del(s, "a/b"), KS_ERR__IO);
-        fake_resp_t gone[] = { { 404, NULL, XML_ERR("NoSuchKey", "gone"), 0 } };
+        fake_resp_t gone[] = {{404, NULL, XML_ERR("NoSuchKey", "gone"), 0}};
         fake_script(&f, gone, 1);
         CHECK_EQ_INT(ks_objstore_del(s, "a/b"), KS_ERR_NONE);
-        fake_resp_t bad[] = { { 400, NULL, XML_ERR("InvalidArgument", "bad"), 0 } };
+        fake_resp_t bad[] = {{400, NULL, XML_ERR("InvalidArgument", "bad"), 0}};
         fake_script(&f, bad, 1);
         CHECK_EQ_INT(put_str(s, "a/b", "x"), KS_ERR__IO);
         CHECK_EQ_INT(fake_nreqs(&f), 1);
@@ -1431,7 +1449,7 @@ TEST(objstore_s3fake_retries_exhausted_unavailable)
         REQUIRE(fake_start(&f) == 0);
         ks_objstore_t *s = fake_store(&f, 2, 5000, 4, NULL);
         REQUIRE(s);
-        fake_default(&f, (fake_resp_t){ 503, NULL, XML_ERR("SlowDown", "Reduce your request rate"), 0 });
+        fake_default(&f, (fake_resp_t){503, NULL, XML_ERR("SlowDown", "Reduce your request rate"), 0});
         int64_t t0 = now_ms();
         CHECK_EQ_INT(put_str(s, "a/b", "x"), KS_ERR__UNAVAILABLE);
         int64_t took = now_ms() - t0;
@@ -1446,11 +1464,11 @@ TEST(objstore_s3fake_retries_exhausted_unavailable)
 TEST(objstore_s3fake_timeout)
 {
         fake_srv_t f;
-        ks_objbuf_t b = { 0 };
+        ks_objbuf_t b = {0};
         REQUIRE(fake_start(&f) == 0);
         ks_objstore_t *s = fake_store(&f, 1, 300, 4, NULL);
         REQUIRE(s);
-        fake_default(&f, (fake_resp_t){ .mode = FAKE_HANG });
+        fake_default(&f, (fake_resp_t){.mode = FAKE_HANG});
         int64_t t0 = now_ms();
         CHECK_EQ_INT(ks_objstore_get(s, "a/b", 0, -1, &b), KS_ERR__TIMEOUT);
         int64_t took = now_ms() - t0;
@@ -1458,7 +1476,7 @@ TEST(objstore_s3fake_timeout)
         CHECK(took >= 600);
         CHECK(took < 5000);
         /* After the server answers again, the same store works. */
-        fake_default(&f, (fake_resp_t){ 200, NULL, "back", 0 });
+        fake_default(&f, (fake_resp_t){200, NULL, "back", 0});
         CHECK_EQ_INT(ks_objstore_get(s, "a/b", 0, -1, &b), KS_ERR_NONE);
         CHECK_EQ_MEM(b.data, b.len, "back", 4);
         ks_objbuf_free(&b);
@@ -1470,7 +1488,7 @@ TEST(objstore_s3fake_timeout)
  * (bound, never listening): no race with other processes. */
 static int refusing_port(int *fd_out)
 {
-        struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+        struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
         socklen_t al = sizeof(a);
         int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
         if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof(a)) != 0 ||
@@ -1488,13 +1506,19 @@ TEST(objstore_s3fake_unreachable_endpoint)
         int hold = -1, port = refusing_port(&hold);
         char ep[64], msg[512] = "";
         ks_objstore_t *s = NULL;
-        ks_objbuf_t b = { 0 };
-        ks_objlist_t l = { 0 };
+        ks_objbuf_t b = {0};
+        ks_objlist_t l = {0};
         REQUIRE(port > 0);
         snprintf(ep, sizeof(ep), "http://127.0.0.1:%d", port);
-        ks_s3_config_t c = { .bucket = "bkt", .region = "us-east-1", .endpoint = ep, .path_style = 1,
-                             .access_key = "AK", .secret_key = "SK", .concurrency = 2, .timeout_ms = 2000,
-                             .max_retries = 2 };
+        ks_s3_config_t c = {.bucket = "bkt",
+                            .region = "us-east-1",
+                            .endpoint = ep,
+                            .path_style = 1,
+                            .access_key = "AK",
+                            .secret_key = "SK",
+                            .concurrency = 2,
+                            .timeout_ms = 2000,
+                            .max_retries = 2};
         REQUIRE_EQ_INT(ks_objstore_s3_new(&c, &s), KS_ERR_NONE);
         int64_t t0 = now_ms();
         CHECK_EQ_INT(ks_objstore_check(s, msg, sizeof(msg)), KS_ERR__UNAVAILABLE);
@@ -1523,14 +1547,22 @@ static void verify_signature(const fake_req_t *r, const char *signed_names, cons
         char path[2048], *q = strchr(strcpy(path, r->target), '?');
         if (q)
                 *q++ = '\0';
-        ks_sigv4_header_t h[2] = { { "Host", host } };
+        ks_sigv4_header_t h[2] = {{"Host", host}};
         size_t nh = 1;
         if (hdr_find(r->headers, "Range", range, sizeof(range)))
-                h[nh++] = (ks_sigv4_header_t){ "Range", range };
-        ks_sigv4_input_t in = { .method = r->method, .path = path, .query = q ? q : "", .headers = h,
-                                .nheaders = nh, .payload_hash = sha, .region = "us-east-1", .service = "s3",
-                                .access_key = "AKFAKE", .secret_key = "SKFAKE", .session_token = token,
-                                .amz_date = date };
+                h[nh++] = (ks_sigv4_header_t){"Range", range};
+        ks_sigv4_input_t in = {.method = r->method,
+                               .path = path,
+                               .query = q ? q : "",
+                               .headers = h,
+                               .nheaders = nh,
+                               .payload_hash = sha,
+                               .region = "us-east-1",
+                               .service = "s3",
+                               .access_key = "AKFAKE",
+                               .secret_key = "SKFAKE",
+                               .session_token = token,
+                               .amz_date = date};
         ks_sigv4_output_t o;
         REQUIRE_EQ_INT(ks_sigv4_sign(&in, &o), KS_ERR_NONE);
         CHECK_EQ_STR(auth, o.add[o.nadd - 1].value);
@@ -1543,7 +1575,7 @@ TEST(objstore_s3fake_request_shape_and_signature)
 {
         fake_srv_t f;
         char h[256], want[65];
-        ks_objbuf_t b = { 0 };
+        ks_objbuf_t b = {0};
         REQUIRE(fake_start(&f) == 0);
         ks_objstore_t *s = fake_store(&f, 0, 5000, 4, "TOKEN/with+chars==");
         REQUIRE(s);
@@ -1564,7 +1596,7 @@ TEST(objstore_s3fake_request_shape_and_signature)
         CHECK_EQ_STR(r->body_sha, want);
         verify_signature(r, "host;x-amz-content-sha256;x-amz-date;x-amz-security-token", "TOKEN/with+chars==");
 
-        fake_resp_t part[] = { { 206, "Content-Range: bytes 10-19/100\r\n", "0123456789", 0 } };
+        fake_resp_t part[] = {{206, "Content-Range: bytes 10-19/100\r\n", "0123456789", 0}};
         fake_script(&f, part, 1);
         CHECK_EQ_INT(ks_objstore_get(s, "a/b", 10, 10, &b), KS_ERR_NONE);
         CHECK_EQ_MEM(b.data, b.len, "0123456789", 10);
@@ -1576,7 +1608,7 @@ TEST(objstore_s3fake_request_shape_and_signature)
         verify_signature(&f.reqs[0], "host;range;x-amz-content-sha256;x-amz-date;x-amz-security-token",
                          "TOKEN/with+chars==");
 
-        fake_resp_t tail[] = { { 206, NULL, "tail", 0 } };
+        fake_resp_t tail[] = {{206, NULL, "tail", 0}};
         fake_script(&f, tail, 1);
         CHECK_EQ_INT(ks_objstore_get(s, "a/b", 96, -1, &b), KS_ERR_NONE);
         ks_objbuf_free(&b);
@@ -1586,18 +1618,16 @@ TEST(objstore_s3fake_request_shape_and_signature)
         CHECK_EQ_INT(ks_objstore_del(s, "a/b"), KS_ERR_NONE);
         CHECK_EQ_STR(f.reqs[0].method, "DELETE");
         CHECK_EQ_STR(f.reqs[0].target, "/bkt/a/b");
-        verify_signature(&f.reqs[0], "host;x-amz-content-sha256;x-amz-date;x-amz-security-token",
-                         "TOKEN/with+chars==");
+        verify_signature(&f.reqs[0], "host;x-amz-content-sha256;x-amz-date;x-amz-security-token", "TOKEN/with+chars==");
 
-        fake_default(&f, (fake_resp_t){ 200, NULL,
-                                "<ListBucketResult><IsTruncated>false</IsTruncated></ListBucketResult>", 0 });
-        ks_objlist_t l = { 0 };
+        fake_default(
+            &f, (fake_resp_t){200, NULL, "<ListBucketResult><IsTruncated>false</IsTruncated></ListBucketResult>", 0});
+        ks_objlist_t l = {0};
         fake_script(&f, NULL, 0);
         CHECK_EQ_INT(ks_objstore_list(s, "default/my topic/", &l), KS_ERR_NONE);
         CHECK_EQ_INT(l.count, 0);
         CHECK_EQ_STR(f.reqs[0].target, "/bkt?list-type=2&prefix=default%2Fmy%20topic%2F");
-        verify_signature(&f.reqs[0], "host;x-amz-content-sha256;x-amz-date;x-amz-security-token",
-                         "TOKEN/with+chars==");
+        verify_signature(&f.reqs[0], "host;x-amz-content-sha256;x-amz-date;x-amz-security-token", "TOKEN/with+chars==");
         ks_objstore_destroy(s);
         fake_stop(&f);
 }
@@ -1610,9 +1640,15 @@ TEST(objstore_s3fake_virtual_hosted)
         REQUIRE(fake_start(&f) == 0);
         /* curl resolves *.localhost to the loopback address itself. */
         snprintf(ep, sizeof(ep), "http://LocalHost:%d/", f.port);
-        ks_s3_config_t c = { .bucket = "bkt", .region = "us-east-1", .endpoint = ep, .path_style = 0,
-                             .access_key = "AKFAKE", .secret_key = "SKFAKE", .concurrency = 1, .timeout_ms = 5000,
-                             .max_retries = 0 };
+        ks_s3_config_t c = {.bucket = "bkt",
+                            .region = "us-east-1",
+                            .endpoint = ep,
+                            .path_style = 0,
+                            .access_key = "AKFAKE",
+                            .secret_key = "SKFAKE",
+                            .concurrency = 1,
+                            .timeout_ms = 5000,
+                            .max_retries = 0};
         REQUIRE_EQ_INT(ks_objstore_s3_new(&c, &s), KS_ERR_NONE);
         CHECK_EQ_INT(put_str(s, "a/b", "v"), KS_ERR_NONE);
         REQUIRE_EQ_INT(fake_nreqs(&f), 1);
@@ -1631,28 +1667,28 @@ TEST(objstore_s3fake_virtual_hosted)
 TEST(objstore_s3fake_list_pages)
 {
         fake_srv_t f;
-        ks_objlist_t l = { 0 };
+        ks_objlist_t l = {0};
         REQUIRE(fake_start(&f) == 0);
         ks_objstore_t *s = fake_store(&f, 0, 5000, 1, NULL);
         REQUIRE(s);
         fake_resp_t pages[] = {
-                { 200, NULL,
-                  "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n"
-                  "<ListBucketResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">"
-                  "<Name>bkt</Name><Prefix>p/</Prefix><KeyCount>2</KeyCount><MaxKeys>2</MaxKeys>"
-                  "<IsTruncated>true</IsTruncated>"
-                  "<Contents><Key>p/b&amp;c</Key><LastModified>2026-01-01T00:00:00.000Z</LastModified>"
-                  "<ETag>&quot;abc&quot;</ETag><Size>12</Size><StorageClass>STANDARD</StorageClass></Contents>"
-                  "<!-- a comment --><Contents><Key><![CDATA[p/z<1>]]></Key><Size>0</Size></Contents>"
-                  "<NextContinuationToken>tok/1+=</NextContinuationToken></ListBucketResult>",
-                  0 },
-                { 200, NULL,
-                  "<ListBucketResult><IsTruncated>false</IsTruncated>"
-                  "<Contents><Key>p/&#x41;&#66;</Key><Size>9223372036854775807</Size></Contents>"
-                  "<Contents><Key>p/\xc3\xa9</Key><Size>3</Size></Contents>"
-                  "<Contents><Key>p/bad/.tmp.x/../k</Key><Size>3</Size></Contents>" /* not a valid key: skipped */
-                  "</ListBucketResult>",
-                  0 },
+            {200, NULL,
+             "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n"
+             "<ListBucketResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">"
+             "<Name>bkt</Name><Prefix>p/</Prefix><KeyCount>2</KeyCount><MaxKeys>2</MaxKeys>"
+             "<IsTruncated>true</IsTruncated>"
+             "<Contents><Key>p/b&amp;c</Key><LastModified>2026-01-01T00:00:00.000Z</LastModified>"
+             "<ETag>&quot;abc&quot;</ETag><Size>12</Size><StorageClass>STANDARD</StorageClass></Contents>"
+             "<!-- a comment --><Contents><Key><![CDATA[p/z<1>]]></Key><Size>0</Size></Contents>"
+             "<NextContinuationToken>tok/1+=</NextContinuationToken></ListBucketResult>",
+             0},
+            {200, NULL,
+             "<ListBucketResult><IsTruncated>false</IsTruncated>"
+             "<Contents><Key>p/&#x41;&#66;</Key><Size>9223372036854775807</Size></Contents>"
+             "<Contents><Key>p/\xc3\xa9</Key><Size>3</Size></Contents>"
+             "<Contents><Key>p/bad/.tmp.x/../k</Key><Size>3</Size></Contents>" /* not a valid key: skipped */
+             "</ListBucketResult>",
+             0},
         };
         fake_script(&f, pages, 2);
         REQUIRE_EQ_INT(ks_objstore_list(s, "p/", &l), KS_ERR_NONE);
@@ -1674,48 +1710,48 @@ TEST(objstore_s3fake_list_pages)
 TEST(objstore_s3fake_list_hostile_xml)
 {
         static const char *const bad[] = {
-                "",                                                                   /* empty */
-                "<ListBucketResult><IsTruncated>false</IsTruncated>",                 /* unterminated */
-                "<ListBucketResult></Wrong>",                                         /* mismatched */
-                "<Error><Code>x</Code></Error>",                                      /* wrong root */
-                "<ListBucketResult/><ListBucketResult/>",                             /* two roots */
-                "<!DOCTYPE x [<!ENTITY a \"b\">]><ListBucketResult/>",                /* DTD */
-                "<ListBucketResult><Contents><Key>p/a</Key></Contents></ListBucketResult>", /* no size */
-                "<ListBucketResult><Contents><Size>1</Size></Contents></ListBucketResult>", /* no key */
-                "<ListBucketResult><Contents><Key>p/a</Key><Size>-1</Size></Contents></ListBucketResult>",
-                "<ListBucketResult><Contents><Key>p/a</Key><Size>9223372036854775808</Size></Contents>"
-                "</ListBucketResult>",
-                "<ListBucketResult><Contents><Key>p/a</Key><Size>1x</Size></Contents></ListBucketResult>",
-                "<ListBucketResult><Contents><Key>other/a</Key><Size>1</Size></Contents></ListBucketResult>",
-                "<ListBucketResult><Contents><Key>p/&bogus;</Key><Size>1</Size></Contents></ListBucketResult>",
-                "<ListBucketResult><Contents><Key>p/&#0;</Key><Size>1</Size></Contents></ListBucketResult>",
-                "<ListBucketResult><Contents><Key>p/&#xD800;</Key><Size>1</Size></Contents></ListBucketResult>",
-                "<ListBucketResult><Contents><Key>p/&#x110000;</Key><Size>1</Size></Contents></ListBucketResult>",
-                "<ListBucketResult><Contents><Key>p/&amp</Key><Size>1</Size></Contents></ListBucketResult>",
-                "<ListBucketResult><IsTruncated>true</IsTruncated></ListBucketResult>", /* no token */
-                "<ListBucketResult><IsTruncated>maybe</IsTruncated></ListBucketResult>",
-                "<ListBucketResult><Contents><Contents></Contents></Contents></ListBucketResult>",
-                "<ListBucketResult a=\"1></ListBucketResult>",
-                "<ListBucketResult a=1></ListBucketResult>",
-                "<a><b><c><d><e><f><g><h><i><j><k><l><m><n><o><p><q><r></r></q></p></o></n></m></l></k></j></i>"
-                "</h></g></f></e></d></c></b></a>", /* too deep */
-                "text<ListBucketResult/>",
-                "<ListBucketResult><Contents><Key>p/a</Key><Key>p/b</Key><Size>1</Size></Contents>"
-                "</ListBucketResult>",
-                "<ListBucketResult><![CDATA[x</ListBucketResult>",
-                "<ListBucketResult><!-- x </ListBucketResult>",
-                "<ListBucketResult><?pi x </ListBucketResult>",
-                "<ListBucketResult",
-                "<",
-                "</x>",
+            "",                                                                         /* empty */
+            "<ListBucketResult><IsTruncated>false</IsTruncated>",                       /* unterminated */
+            "<ListBucketResult></Wrong>",                                               /* mismatched */
+            "<Error><Code>x</Code></Error>",                                            /* wrong root */
+            "<ListBucketResult/><ListBucketResult/>",                                   /* two roots */
+            "<!DOCTYPE x [<!ENTITY a \"b\">]><ListBucketResult/>",                      /* DTD */
+            "<ListBucketResult><Contents><Key>p/a</Key></Contents></ListBucketResult>", /* no size */
+            "<ListBucketResult><Contents><Size>1</Size></Contents></ListBucketResult>", /* no key */
+            "<ListBucketResult><Contents><Key>p/a</Key><Size>-1</Size></Contents></ListBucketResult>",
+            "<ListBucketResult><Contents><Key>p/a</Key><Size>9223372036854775808</Size></Contents>"
+            "</ListBucketResult>",
+            "<ListBucketResult><Contents><Key>p/a</Key><Size>1x</Size></Contents></ListBucketResult>",
+            "<ListBucketResult><Contents><Key>other/a</Key><Size>1</Size></Contents></ListBucketResult>",
+            "<ListBucketResult><Contents><Key>p/&bogus;</Key><Size>1</Size></Contents></ListBucketResult>",
+            "<ListBucketResult><Contents><Key>p/&#0;</Key><Size>1</Size></Contents></ListBucketResult>",
+            "<ListBucketResult><Contents><Key>p/&#xD800;</Key><Size>1</Size></Contents></ListBucketResult>",
+            "<ListBucketResult><Contents><Key>p/&#x110000;</Key><Size>1</Size></Contents></ListBucketResult>",
+            "<ListBucketResult><Contents><Key>p/&amp</Key><Size>1</Size></Contents></ListBucketResult>",
+            "<ListBucketResult><IsTruncated>true</IsTruncated></ListBucketResult>", /* no token */
+            "<ListBucketResult><IsTruncated>maybe</IsTruncated></ListBucketResult>",
+            "<ListBucketResult><Contents><Contents></Contents></Contents></ListBucketResult>",
+            "<ListBucketResult a=\"1></ListBucketResult>",
+            "<ListBucketResult a=1></ListBucketResult>",
+            "<a><b><c><d><e><f><g><h><i><j><k><l><m><n><o><p><q><r></r></q></p></o></n></m></l></k></j></i>"
+            "</h></g></f></e></d></c></b></a>", /* too deep */
+            "text<ListBucketResult/>",
+            "<ListBucketResult><Contents><Key>p/a</Key><Key>p/b</Key><Size>1</Size></Contents>"
+            "</ListBucketResult>",
+            "<ListBucketResult><![CDATA[x</ListBucketResult>",
+            "<ListBucketResult><!-- x </ListBucketResult>",
+            "<ListBucketResult><?pi x </ListBucketResult>",
+            "<ListBucketResult",
+            "<",
+            "</x>",
         };
         fake_srv_t f;
-        ks_objlist_t l = { 0 };
+        ks_objlist_t l = {0};
         REQUIRE(fake_start(&f) == 0);
         ks_objstore_t *s = fake_store(&f, 0, 5000, 1, NULL);
         REQUIRE(s);
         for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
-                fake_resp_t r[] = { { 200, NULL, bad[i], 0 } };
+                fake_resp_t r[] = {{200, NULL, bad[i], 0}};
                 fake_script(&f, r, 1);
                 ks_err_t err = ks_objstore_list(s, "p/", &l);
                 if (err != KS_ERR__PARSE)
@@ -1726,9 +1762,9 @@ TEST(objstore_s3fake_list_hostile_xml)
         }
         /* A token that repeats would page forever. */
         const char *loop =
-                "<ListBucketResult><IsTruncated>true</IsTruncated><NextContinuationToken>same</NextContinuationToken>"
-                "</ListBucketResult>";
-        fake_default(&f, (fake_resp_t){ 200, NULL, loop, 0 });
+            "<ListBucketResult><IsTruncated>true</IsTruncated><NextContinuationToken>same</NextContinuationToken>"
+            "</ListBucketResult>";
+        fake_default(&f, (fake_resp_t){200, NULL, loop, 0});
         fake_script(&f, NULL, 0);
         CHECK_EQ_INT(ks_objstore_list(s, "p/", &l), KS_ERR__PARSE);
         CHECK_EQ_INT(fake_nreqs(&f), 2);
@@ -1739,7 +1775,7 @@ TEST(objstore_s3fake_list_hostile_xml)
         int n = sprintf(huge, "<ListBucketResult><Contents><Key>p/");
         memset(huge + n, 'a', big);
         strcpy(huge + n + big, "</Key><Size>1</Size></Contents></ListBucketResult>");
-        fake_default(&f, (fake_resp_t){ 200, NULL, huge, 0 });
+        fake_default(&f, (fake_resp_t){200, NULL, huge, 0});
         CHECK_EQ_INT(ks_objstore_list(s, "p/", &l), KS_ERR__PARSE);
         ks_objstore_destroy(s);
         fake_stop(&f); /* before freeing what its threads may still be sending */
@@ -1749,12 +1785,12 @@ TEST(objstore_s3fake_list_hostile_xml)
 TEST(objstore_s3fake_get_edge_answers)
 {
         fake_srv_t f;
-        ks_objbuf_t b = { 0 };
+        ks_objbuf_t b = {0};
         REQUIRE(fake_start(&f) == 0);
         ks_objstore_t *s = fake_store(&f, 0, 5000, 1, NULL);
         REQUIRE(s);
         /* A server that ignores Range and sends the whole object. */
-        fake_resp_t whole[] = { { 200, NULL, "0123456789", 0 } };
+        fake_resp_t whole[] = {{200, NULL, "0123456789", 0}};
         fake_script(&f, whole, 1);
         CHECK_EQ_INT(ks_objstore_get(s, "a/b", 3, 4, &b), KS_ERR_NONE);
         CHECK_EQ_MEM(b.data, b.len, "3456", 4);
@@ -1764,7 +1800,7 @@ TEST(objstore_s3fake_get_edge_answers)
         CHECK_EQ_MEM(b.data, b.len, "89", 2);
         ks_objbuf_free(&b);
         /* Offset past the end: 416 is an empty answer, not an error. */
-        fake_resp_t r416[] = { { 416, NULL, XML_ERR("InvalidRange", "The requested range is not satisfiable"), 0 } };
+        fake_resp_t r416[] = {{416, NULL, XML_ERR("InvalidRange", "The requested range is not satisfiable"), 0}};
         fake_script(&f, r416, 1);
         CHECK_EQ_INT(ks_objstore_get(s, "a/b", 100, 10, &b), KS_ERR_NONE);
         CHECK(b.len == 0 && b.data != NULL);
@@ -1774,12 +1810,12 @@ TEST(objstore_s3fake_get_edge_answers)
         CHECK_EQ_INT(ks_objstore_get(s, "a/b", 5, 0, &b), KS_ERR_NONE);
         CHECK_EQ_STR(f.reqs[0].method, "HEAD");
         ks_objbuf_free(&b);
-        fake_resp_t r404[] = { { 404, NULL, NULL, 0 } };
+        fake_resp_t r404[] = {{404, NULL, NULL, 0}};
         fake_script(&f, r404, 1);
         CHECK_EQ_INT(ks_objstore_get(s, "a/b", 5, 0, &b), KS_ERR__NOT_FOUND);
         /* s3rver's answer to a range on an empty object: 206, "bytes 0-0/0",
          * Content-Length 1 and no body.  Empty, at once, no retries. */
-        fake_resp_t lying[] = { { 206, "Content-Range: bytes 0-0/0\r\n", NULL, FAKE_SHORT } };
+        fake_resp_t lying[] = {{206, "Content-Range: bytes 0-0/0\r\n", NULL, FAKE_SHORT}};
         fake_script(&f, lying, 1);
         int64_t t0 = now_ms();
         CHECK_EQ_INT(ks_objstore_get(s, "a/b", 0, 10, &b), KS_ERR_NONE);
@@ -1788,7 +1824,7 @@ TEST(objstore_s3fake_get_edge_answers)
         CHECK_EQ_INT(fake_nreqs(&f), 1);
         ks_objbuf_free(&b);
         /* A 206 for another range than the one asked for is refused. */
-        fake_resp_t wrong[] = { { 206, "Content-Range: bytes 0-3/10\r\n", "0123", 0 } };
+        fake_resp_t wrong[] = {{206, "Content-Range: bytes 0-3/10\r\n", "0123", 0}};
         fake_script(&f, wrong, 1);
         CHECK_EQ_INT(ks_objstore_get(s, "a/b", 4, 4, &b), KS_ERR__IO);
         ks_objstore_destroy(s);
@@ -1804,8 +1840,8 @@ TEST(objstore_s3fake_check_messages)
         REQUIRE(s);
 
         fake_resp_t creds[] = {
-                { 403, NULL, NULL, 0 },
-                { 403, NULL, XML_ERR("InvalidAccessKeyId", "The AWS Access Key Id you provided does not exist."), 0 },
+            {403, NULL, NULL, 0},
+            {403, NULL, XML_ERR("InvalidAccessKeyId", "The AWS Access Key Id you provided does not exist."), 0},
         };
         fake_script(&f, creds, 2);
         CHECK_EQ_INT(ks_objstore_check(s, msg, sizeof(msg)), KS_ERR__IO);
@@ -1816,13 +1852,13 @@ TEST(objstore_s3fake_check_messages)
         CHECK_EQ_STR(f.reqs[0].method, "HEAD");
         CHECK_EQ_STR(f.reqs[0].target, "/bkt");
 
-        fake_resp_t region[] = { { 301, "x-amz-bucket-region: eu-west-1\r\n", NULL, 0 },
-                                 { 301, "x-amz-bucket-region: eu-west-1\r\n", XML_ERR("PermanentRedirect", "x"), 0 } };
+        fake_resp_t region[] = {{301, "x-amz-bucket-region: eu-west-1\r\n", NULL, 0},
+                                {301, "x-amz-bucket-region: eu-west-1\r\n", XML_ERR("PermanentRedirect", "x"), 0}};
         fake_script(&f, region, 2);
         CHECK_EQ_INT(ks_objstore_check(s, msg, sizeof(msg)), KS_ERR__IO);
         CHECK(strstr(msg, "KAFSCALE_S3_REGION=eu-west-1") != NULL);
 
-        fake_resp_t missing[] = { { 404, NULL, NULL, 0 } };
+        fake_resp_t missing[] = {{404, NULL, NULL, 0}};
         fake_script(&f, missing, 1);
         CHECK_EQ_INT(ks_objstore_check(s, msg, sizeof(msg)), KS_ERR__NOT_FOUND);
         CHECK(strstr(msg, "\"bkt\" does not exist") != NULL);
@@ -1843,7 +1879,7 @@ static void *cc_thread(void *p)
 {
         cc_arg_t *a = p;
         for (int i = 0; i < a->n; i++) {
-                ks_objbuf_t b = { 0 };
+                ks_objbuf_t b = {0};
                 if (ks_objstore_get(a->s, "a/b", 0, -1, &b) != KS_ERR_NONE)
                         a->errors++;
                 ks_objbuf_free(&b);
@@ -1855,12 +1891,12 @@ TEST(objstore_s3fake_keepalive_and_concurrency_bound)
 {
         fake_srv_t f;
         REQUIRE(fake_start(&f) == 0);
-        fake_default(&f, (fake_resp_t){ 200, NULL, "obj", 0 });
+        fake_default(&f, (fake_resp_t){200, NULL, "obj", 0});
 
         /* Sequential requests reuse one connection. */
         ks_objstore_t *s = fake_store(&f, 0, 5000, 4, NULL);
         REQUIRE(s);
-        cc_arg_t one = { .s = s, .n = 20 };
+        cc_arg_t one = {.s = s, .n = 20};
         cc_thread(&one);
         CHECK_EQ_INT(one.errors, 0);
         CHECK_EQ_INT(f.accepted, 1);
@@ -1877,7 +1913,7 @@ TEST(objstore_s3fake_keepalive_and_concurrency_bound)
         cc_arg_t args[6];
         pthread_t th[6];
         for (int i = 0; i < 6; i++) {
-                args[i] = (cc_arg_t){ .s = s, .n = 4 };
+                args[i] = (cc_arg_t){.s = s, .n = 4};
                 REQUIRE(pthread_create(&th[i], NULL, cc_thread, &args[i]) == 0);
         }
         for (int i = 0; i < 6; i++) {
@@ -1897,9 +1933,15 @@ TEST(objstore_s3fake_keepalive_and_concurrency_bound)
 TEST(objstore_s3_new_rejects_bad_config)
 {
         ks_objstore_t *s = NULL;
-        const ks_s3_config_t good = { .bucket = "bkt", .region = "us-east-1", .endpoint = "http://127.0.0.1:9",
-                                      .path_style = 1, .access_key = "AK", .secret_key = "SK", .concurrency = 1,
-                                      .timeout_ms = 1000, .max_retries = 0 };
+        const ks_s3_config_t good = {.bucket = "bkt",
+                                     .region = "us-east-1",
+                                     .endpoint = "http://127.0.0.1:9",
+                                     .path_style = 1,
+                                     .access_key = "AK",
+                                     .secret_key = "SK",
+                                     .concurrency = 1,
+                                     .timeout_ms = 1000,
+                                     .max_retries = 0};
         ks_s3_config_t c;
         REQUIRE_EQ_INT(ks_objstore_s3_new(&good, &s), KS_ERR_NONE);
         ks_objstore_destroy(s);
@@ -1933,9 +1975,10 @@ TEST(objstore_s3_endpoint_parse)
         CHECK_EQ_INT(ks_s3_endpoint_parse("http://[::1]:9000", &e, why, sizeof(why)), KS_ERR_NONE);
         CHECK(e.is_ip && e.port == 9000);
         CHECK_EQ_STR(e.host, "::1");
-        const char *bad[] = { "", "127.0.0.1:9000", "ftp://h", "http://", "http://h:0", "http://h:65536",
-                              "http://h:x", "http://h/path", "http://h?q", "http://u:p@h", "http://[::1",
-                              "http://h h", NULL };
+        const char *bad[] = {"",           "127.0.0.1:9000", "ftp://h",     "http://",
+                             "http://h:0", "http://h:65536", "http://h:x",  "http://h/path",
+                             "http://h?q", "http://u:p@h",   "http://[::1", "http://h h",
+                             NULL};
         for (int i = 0; bad[i]; i++) {
                 if (ks_s3_endpoint_parse(bad[i], &e, why, sizeof(why)) != KS_ERR__INVALID_ARG)
                         ks_test_fail(__FILE__, __LINE__, "endpoint \"%s\" accepted", bad[i]);
@@ -1959,8 +2002,8 @@ TEST(objstore_s3down_unavailable_in_bounded_time)
         c.timeout_ms = 2000;
         c.max_retries = 3;
         ks_objstore_t *s = NULL;
-        ks_objbuf_t b = { 0 };
-        ks_objlist_t l = { 0 };
+        ks_objbuf_t b = {0};
+        ks_objlist_t l = {0};
         char msg[512] = "";
         REQUIRE_EQ_INT(ks_objstore_s3_new(&c, &s), KS_ERR_NONE);
         /* Bound per operation: 4 attempts (refused at once, or cut by the
@@ -1978,8 +2021,8 @@ TEST(objstore_s3down_unavailable_in_bounded_time)
         t0 = now_ms();
         CHECK_EQ_INT(ks_objstore_check(s, msg, sizeof(msg)), KS_ERR__UNAVAILABLE);
         int64_t t_check = now_ms() - t0;
-        printf("down: put %lld ms, get %lld ms, list %lld ms, check %lld ms\ncheck message: %s\n",
-               (long long)t_put, (long long)t_get, (long long)t_list, (long long)t_check, msg);
+        printf("down: put %lld ms, get %lld ms, list %lld ms, check %lld ms\ncheck message: %s\n", (long long)t_put,
+               (long long)t_get, (long long)t_list, (long long)t_check, msg);
         CHECK(t_put < bound && t_get < bound && t_list < bound && t_check < bound);
         /* Retried with backoff, not given up at once: >= 50 + 100 + 200 ms. */
         CHECK(t_put >= 350);
@@ -1992,10 +2035,10 @@ TEST(objstore_s3down_unavailable_in_bounded_time)
  * ==================================================================== */
 
 static const char *const s3_env_vars[] = {
-        "KAFSCALE_S3_BUCKET",        "KAFSCALE_S3_REGION",      "KAFSCALE_S3_ENDPOINT",   "KAFSCALE_S3_PATH_STYLE",
-        "KAFSCALE_S3_ACCESS_KEY",    "KAFSCALE_S3_SECRET_KEY",  "KAFSCALE_S3_SESSION_TOKEN",
-        "KAFSCALE_S3_CONCURRENCY",   "KAFSCALE_S3_TIMEOUT_MS",  "KAFSCALE_S3_MAX_RETRIES", "AWS_ACCESS_KEY_ID",
-        "AWS_SECRET_ACCESS_KEY",     "AWS_SESSION_TOKEN",
+    "KAFSCALE_S3_BUCKET",     "KAFSCALE_S3_REGION",      "KAFSCALE_S3_ENDPOINT",      "KAFSCALE_S3_PATH_STYLE",
+    "KAFSCALE_S3_ACCESS_KEY", "KAFSCALE_S3_SECRET_KEY",  "KAFSCALE_S3_SESSION_TOKEN", "KAFSCALE_S3_CONCURRENCY",
+    "KAFSCALE_S3_TIMEOUT_MS", "KAFSCALE_S3_MAX_RETRIES", "AWS_ACCESS_KEY_ID",         "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
 };
 #define N_S3_ENV (sizeof(s3_env_vars) / sizeof(s3_env_vars[0]))
 
@@ -2110,50 +2153,49 @@ TEST(objstore_s3config_errors_name_the_variables)
                 const char *set[6];
                 const char *must[3];
         } rows[] = {
-                { { "KAFSCALE_S3_ENDPOINT=http://h:1" }, { "KAFSCALE_S3_ENDPOINT", "KAFSCALE_S3_BUCKET" } },
-                { { "KAFSCALE_S3_REGION=eu-west-1" }, { "KAFSCALE_S3_REGION", "KAFSCALE_S3_BUCKET" } },
-                { { "KAFSCALE_S3_BUCKET=kafscale" }, { "KAFSCALE_S3_ACCESS_KEY", "KAFSCALE_S3_SECRET_KEY" } },
-                { { "KAFSCALE_S3_BUCKET=kafscale", "KAFSCALE_S3_ACCESS_KEY=a" },
-                  { "KAFSCALE_S3_ACCESS_KEY", "KAFSCALE_S3_SECRET_KEY" } },
-                { { "KAFSCALE_S3_BUCKET=kafscale", "KAFSCALE_S3_SECRET_KEY=s" },
-                  { "KAFSCALE_S3_SECRET_KEY", "KAFSCALE_S3_ACCESS_KEY" } },
-                { { "KAFSCALE_S3_BUCKET=kafscale", "AWS_ACCESS_KEY_ID=a" },
-                  { "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY" } },
-                { { "KAFSCALE_S3_BUCKET=kafscale", "AWS_ACCESS_KEY_ID=a", "AWS_SECRET_ACCESS_KEY=s",
-                    "KAFSCALE_S3_SESSION_TOKEN=t" },
-                  { "KAFSCALE_S3_SESSION_TOKEN", "KAFSCALE_S3_ACCESS_KEY" } },
-                { { "KAFSCALE_S3_BUCKET=kafscale", "KAFSCALE_S3_ACCESS_KEY=a", "KAFSCALE_S3_SECRET_KEY=s",
-                    "KAFSCALE_S3_CONCURRENCY=0" },
-                  { "KAFSCALE_S3_CONCURRENCY", "1 to 1024" } },
-                { { "KAFSCALE_S3_BUCKET=kafscale", "KAFSCALE_S3_ACCESS_KEY=a", "KAFSCALE_S3_SECRET_KEY=s",
-                    "KAFSCALE_S3_TIMEOUT_MS=fast" },
-                  { "KAFSCALE_S3_TIMEOUT_MS", "fast" } },
-                { { "KAFSCALE_S3_BUCKET=kafscale", "KAFSCALE_S3_ACCESS_KEY=a", "KAFSCALE_S3_SECRET_KEY=s",
-                    "KAFSCALE_S3_MAX_RETRIES=-1" },
-                  { "KAFSCALE_S3_MAX_RETRIES" } },
-                { { "KAFSCALE_S3_BUCKET=kafscale", "KAFSCALE_S3_ACCESS_KEY=a", "KAFSCALE_S3_SECRET_KEY=s",
-                    "KAFSCALE_S3_MAX_RETRIES=99999999999999999999" },
-                  { "KAFSCALE_S3_MAX_RETRIES" } },
-                { { "KAFSCALE_S3_BUCKET=kafscale", "KAFSCALE_S3_ACCESS_KEY=a", "KAFSCALE_S3_SECRET_KEY=s",
-                    "KAFSCALE_S3_PATH_STYLE=maybe" },
-                  { "KAFSCALE_S3_PATH_STYLE" } },
-                { { "KAFSCALE_S3_BUCKET=kafscale", "KAFSCALE_S3_ACCESS_KEY=a", "KAFSCALE_S3_SECRET_KEY=s",
-                    "KAFSCALE_S3_ENDPOINT=127.0.0.1:9000" },
-                  { "KAFSCALE_S3_ENDPOINT", "http://" } },
-                { { "KAFSCALE_S3_BUCKET=kafscale", "KAFSCALE_S3_ACCESS_KEY=a", "KAFSCALE_S3_SECRET_KEY=s",
-                    "KAFSCALE_S3_ENDPOINT=http://10.0.0.1:9000", "KAFSCALE_S3_PATH_STYLE=false" },
-                  { "KAFSCALE_S3_PATH_STYLE", "KAFSCALE_S3_ENDPOINT" } },
-                { { "KAFSCALE_S3_BUCKET=ab", "KAFSCALE_S3_ACCESS_KEY=a", "KAFSCALE_S3_SECRET_KEY=s" },
-                  { "KAFSCALE_S3_BUCKET", "3 to 63" } },
-                { { "KAFSCALE_S3_BUCKET=My_Bucket", "KAFSCALE_S3_ACCESS_KEY=a", "KAFSCALE_S3_SECRET_KEY=s" },
-                  { "KAFSCALE_S3_BUCKET", "KAFSCALE_S3_PATH_STYLE" } },
-                { { "KAFSCALE_S3_BUCKET=192.168.1.1", "KAFSCALE_S3_ACCESS_KEY=a", "KAFSCALE_S3_SECRET_KEY=s" },
-                  { "KAFSCALE_S3_BUCKET", "IP address" } },
-                { { "KAFSCALE_S3_BUCKET=kafscale", "KAFSCALE_S3_ACCESS_KEY=a b", "KAFSCALE_S3_SECRET_KEY=s" },
-                  { "KAFSCALE_S3_ACCESS_KEY" } },
-                { { "KAFSCALE_S3_BUCKET=kafscale", "KAFSCALE_S3_ACCESS_KEY=a", "KAFSCALE_S3_SECRET_KEY=s",
-                    "KAFSCALE_S3_REGION=us east" },
-                  { "KAFSCALE_S3_REGION" } },
+            {{"KAFSCALE_S3_ENDPOINT=http://h:1"}, {"KAFSCALE_S3_ENDPOINT", "KAFSCALE_S3_BUCKET"}},
+            {{"KAFSCALE_S3_REGION=eu-west-1"}, {"KAFSCALE_S3_REGION", "KAFSCALE_S3_BUCKET"}},
+            {{"KAFSCALE_S3_BUCKET=kafscale"}, {"KAFSCALE_S3_ACCESS_KEY", "KAFSCALE_S3_SECRET_KEY"}},
+            {{"KAFSCALE_S3_BUCKET=kafscale", "KAFSCALE_S3_ACCESS_KEY=a"},
+             {"KAFSCALE_S3_ACCESS_KEY", "KAFSCALE_S3_SECRET_KEY"}},
+            {{"KAFSCALE_S3_BUCKET=kafscale", "KAFSCALE_S3_SECRET_KEY=s"},
+             {"KAFSCALE_S3_SECRET_KEY", "KAFSCALE_S3_ACCESS_KEY"}},
+            {{"KAFSCALE_S3_BUCKET=kafscale", "AWS_ACCESS_KEY_ID=a"}, {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}},
+            {{"KAFSCALE_S3_BUCKET=kafscale", "AWS_ACCESS_KEY_ID=a", "AWS_SECRET_ACCESS_KEY=s",
+              "KAFSCALE_S3_SESSION_TOKEN=t"},
+             {"KAFSCALE_S3_SESSION_TOKEN", "KAFSCALE_S3_ACCESS_KEY"}},
+            {{"KAFSCALE_S3_BUCKET=kafscale", "KAFSCALE_S3_ACCESS_KEY=a", "KAFSCALE_S3_SECRET_KEY=s",
+              "KAFSCALE_S3_CONCURRENCY=0"},
+             {"KAFSCALE_S3_CONCURRENCY", "1 to 1024"}},
+            {{"KAFSCALE_S3_BUCKET=kafscale", "KAFSCALE_S3_ACCESS_KEY=a", "KAFSCALE_S3_SECRET_KEY=s",
+              "KAFSCALE_S3_TIMEOUT_MS=fast"},
+             {"KAFSCALE_S3_TIMEOUT_MS", "fast"}},
+            {{"KAFSCALE_S3_BUCKET=kafscale", "KAFSCALE_S3_ACCESS_KEY=a", "KAFSCALE_S3_SECRET_KEY=s",
+              "KAFSCALE_S3_MAX_RETRIES=-1"},
+             {"KAFSCALE_S3_MAX_RETRIES"}},
+            {{"KAFSCALE_S3_BUCKET=kafscale", "KAFSCALE_S3_ACCESS_KEY=a", "KAFSCALE_S3_SECRET_KEY=s",
+              "KAFSCALE_S3_MAX_RETRIES=99999999999999999999"},
+             {"KAFSCALE_S3_MAX_RETRIES"}},
+            {{"KAFSCALE_S3_BUCKET=kafscale", "KAFSCALE_S3_ACCESS_KEY=a", "KAFSCALE_S3_SECRET_KEY=s",
+              "KAFSCALE_S3_PATH_STYLE=maybe"},
+             {"KAFSCALE_S3_PATH_STYLE"}},
+            {{"KAFSCALE_S3_BUCKET=kafscale", "KAFSCALE_S3_ACCESS_KEY=a", "KAFSCALE_S3_SECRET_KEY=s",
+              "KAFSCALE_S3_ENDPOINT=127.0.0.1:9000"},
+             {"KAFSCALE_S3_ENDPOINT", "http://"}},
+            {{"KAFSCALE_S3_BUCKET=kafscale", "KAFSCALE_S3_ACCESS_KEY=a", "KAFSCALE_S3_SECRET_KEY=s",
+              "KAFSCALE_S3_ENDPOINT=http://10.0.0.1:9000", "KAFSCALE_S3_PATH_STYLE=false"},
+             {"KAFSCALE_S3_PATH_STYLE", "KAFSCALE_S3_ENDPOINT"}},
+            {{"KAFSCALE_S3_BUCKET=ab", "KAFSCALE_S3_ACCESS_KEY=a", "KAFSCALE_S3_SECRET_KEY=s"},
+             {"KAFSCALE_S3_BUCKET", "3 to 63"}},
+            {{"KAFSCALE_S3_BUCKET=My_Bucket", "KAFSCALE_S3_ACCESS_KEY=a", "KAFSCALE_S3_SECRET_KEY=s"},
+             {"KAFSCALE_S3_BUCKET", "KAFSCALE_S3_PATH_STYLE"}},
+            {{"KAFSCALE_S3_BUCKET=192.168.1.1", "KAFSCALE_S3_ACCESS_KEY=a", "KAFSCALE_S3_SECRET_KEY=s"},
+             {"KAFSCALE_S3_BUCKET", "IP address"}},
+            {{"KAFSCALE_S3_BUCKET=kafscale", "KAFSCALE_S3_ACCESS_KEY=a b", "KAFSCALE_S3_SECRET_KEY=s"},
+             {"KAFSCALE_S3_ACCESS_KEY"}},
+            {{"KAFSCALE_S3_BUCKET=kafscale", "KAFSCALE_S3_ACCESS_KEY=a", "KAFSCALE_S3_SECRET_KEY=s",
+              "KAFSCALE_S3_REGION=us east"},
+             {"KAFSCALE_S3_REGION"}},
         };
         saved_env_t sv;
         ks_s3_config_t c;
@@ -2175,8 +2217,8 @@ TEST(objstore_s3config_errors_name_the_variables)
                 CHECK(c.bucket == NULL);
                 for (int k = 0; k < 3 && rows[i].must[k]; k++)
                         if (!strstr(err, rows[i].must[k]))
-                                ks_test_fail(__FILE__, __LINE__, "row %zu: \"%s\" missing from: %s", i,
-                                             rows[i].must[k], err);
+                                ks_test_fail(__FILE__, __LINE__, "row %zu: \"%s\" missing from: %s", i, rows[i].must[k],
+                                             err);
         }
         /* Legacy names work with path-style addressing. */
         for (size_t k = 0; k < N_S3_ENV; k++)

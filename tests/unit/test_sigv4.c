@@ -288,22 +288,22 @@ static void run_kat(const kat_t *k)
         ks_sigv4_sha256_hex(k->body ? k->body : "", k->body ? strlen(k->body) : 0, hash);
         CHECK_EQ_STR(hash, k->exp_content_sha256);
 
-        ks_sigv4_header_t hdrs[3] = { { "Host", k->host } };
+        ks_sigv4_header_t hdrs[3] = {{"Host", k->host}};
         for (size_t i = 0; i < k->nextra; i++)
                 hdrs[1 + i] = k->extra[i];
         ks_sigv4_input_t in = {
-                .method = k->method,
-                .path = path,
-                .query = query,
-                .headers = hdrs,
-                .nheaders = 1 + k->nextra,
-                .payload_hash = hash,
-                .region = k->region,
-                .service = "s3",
-                .access_key = k->access_key ? k->access_key : KAT_ACCESS_KEY,
-                .secret_key = k->secret_key ? k->secret_key : KAT_SECRET_KEY,
-                .session_token = k->token,
-                .amz_date = amz_date,
+            .method = k->method,
+            .path = path,
+            .query = query,
+            .headers = hdrs,
+            .nheaders = 1 + k->nextra,
+            .payload_hash = hash,
+            .region = k->region,
+            .service = "s3",
+            .access_key = k->access_key ? k->access_key : KAT_ACCESS_KEY,
+            .secret_key = k->secret_key ? k->secret_key : KAT_SECRET_KEY,
+            .session_token = k->token,
+            .amz_date = amz_date,
         };
         ks_sigv4_output_t out;
         ks_err_t err = ks_sigv4_sign(&in, &out);
@@ -347,12 +347,19 @@ TEST(sigv4_aws_documented_example)
 /* Same signature whatever the order and case of the caller's headers. */
 TEST(sigv4_header_order_and_case_irrelevant)
 {
-        ks_sigv4_header_t a[] = { { "Host", "h:1" }, { "Range", "bytes=0-1" } };
-        ks_sigv4_header_t b[] = { { "RANGE", "  bytes=0-1 " }, { "host", "h:1" } };
+        ks_sigv4_header_t a[] = {{"Host", "h:1"}, {"Range", "bytes=0-1"}};
+        ks_sigv4_header_t b[] = {{"RANGE", "  bytes=0-1 "}, {"host", "h:1"}};
         ks_sigv4_input_t in = {
-                .method = "GET", .path = "/b/k", .headers = a, .nheaders = 2,
-                .payload_hash = KS_SIGV4_EMPTY_SHA256, .region = "us-east-1", .service = "s3",
-                .access_key = "AK", .secret_key = "SK", .amz_date = "20260102T030405Z",
+            .method = "GET",
+            .path = "/b/k",
+            .headers = a,
+            .nheaders = 2,
+            .payload_hash = KS_SIGV4_EMPTY_SHA256,
+            .region = "us-east-1",
+            .service = "s3",
+            .access_key = "AK",
+            .secret_key = "SK",
+            .amz_date = "20260102T030405Z",
         };
         ks_sigv4_output_t o1, o2;
         REQUIRE_EQ_INT(ks_sigv4_sign(&in, &o1), KS_ERR_NONE);
@@ -368,11 +375,18 @@ TEST(sigv4_header_order_and_case_irrelevant)
  * ',' in the order given. */
 TEST(sigv4_repeated_header_joined)
 {
-        ks_sigv4_header_t h[] = { { "x-amz-meta-a", "1" }, { "Host", "h" }, { "X-Amz-Meta-A", " 2  3 " } };
+        ks_sigv4_header_t h[] = {{"x-amz-meta-a", "1"}, {"Host", "h"}, {"X-Amz-Meta-A", " 2  3 "}};
         ks_sigv4_input_t in = {
-                .method = "PUT", .path = "/", .headers = h, .nheaders = 3,
-                .payload_hash = KS_SIGV4_EMPTY_SHA256, .region = "r", .service = "s3",
-                .access_key = "AK", .secret_key = "SK", .amz_date = "20260102T030405Z",
+            .method = "PUT",
+            .path = "/",
+            .headers = h,
+            .nheaders = 3,
+            .payload_hash = KS_SIGV4_EMPTY_SHA256,
+            .region = "r",
+            .service = "s3",
+            .access_key = "AK",
+            .secret_key = "SK",
+            .amz_date = "20260102T030405Z",
         };
         ks_sigv4_output_t o;
         REQUIRE_EQ_INT(ks_sigv4_sign(&in, &o), KS_ERR_NONE);
@@ -383,15 +397,22 @@ TEST(sigv4_repeated_header_joined)
 
 TEST(sigv4_rejects_bad_input)
 {
-        ks_sigv4_header_t host[] = { { "Host", "h" } };
-        ks_sigv4_header_t nohost[] = { { "Range", "bytes=0-1" } };
-        ks_sigv4_header_t crlf[] = { { "Host", "h" }, { "x-amz-meta-x", "a\r\nInjected: 1" } };
-        ks_sigv4_header_t own[] = { { "Host", "h" }, { "X-Amz-Date", "20260102T030405Z" } };
-        ks_sigv4_header_t badname[] = { { "Host", "h" }, { "bad name", "v" } };
+        ks_sigv4_header_t host[] = {{"Host", "h"}};
+        ks_sigv4_header_t nohost[] = {{"Range", "bytes=0-1"}};
+        ks_sigv4_header_t crlf[] = {{"Host", "h"}, {"x-amz-meta-x", "a\r\nInjected: 1"}};
+        ks_sigv4_header_t own[] = {{"Host", "h"}, {"X-Amz-Date", "20260102T030405Z"}};
+        ks_sigv4_header_t badname[] = {{"Host", "h"}, {"bad name", "v"}};
         const ks_sigv4_input_t good = {
-                .method = "GET", .path = "/", .headers = host, .nheaders = 1,
-                .payload_hash = KS_SIGV4_EMPTY_SHA256, .region = "r", .service = "s3",
-                .access_key = "AK", .secret_key = "SK", .amz_date = "20260102T030405Z",
+            .method = "GET",
+            .path = "/",
+            .headers = host,
+            .nheaders = 1,
+            .payload_hash = KS_SIGV4_EMPTY_SHA256,
+            .region = "r",
+            .service = "s3",
+            .access_key = "AK",
+            .secret_key = "SK",
+            .amz_date = "20260102T030405Z",
         };
         ks_sigv4_output_t o;
         ks_sigv4_input_t in;
@@ -440,8 +461,7 @@ TEST(sigv4_uri_encode)
 
 TEST(sigv4_query_build_sorts_by_encoded_name_then_value)
 {
-        ks_sigv4_param_t p[] = { { "prefix", "a b" }, { "list-type", "2" }, { "k", "z" }, { "k", "a" },
-                                 { "empty", "" } };
+        ks_sigv4_param_t p[] = {{"prefix", "a b"}, {"list-type", "2"}, {"k", "z"}, {"k", "a"}, {"empty", ""}};
         char *q = NULL;
         REQUIRE_EQ_INT(ks_sigv4_query_build(p, 5, &q), KS_ERR_NONE);
         CHECK_EQ_STR(q, "empty=&k=a&k=z&list-type=2&prefix=a%20b");
@@ -454,7 +474,7 @@ TEST(sigv4_query_build_sorts_by_encoded_name_then_value)
 TEST(sigv4_sha256_iov_matches_flat)
 {
         char a[65], b[65];
-        struct iovec iov[3] = { { "KAFS ", 5 }, { NULL, 0 }, { "segment body\n", 13 } };
+        struct iovec iov[3] = {{"KAFS ", 5}, {NULL, 0}, {"segment body\n", 13}};
         REQUIRE_EQ_INT(ks_sigv4_sha256_iov_hex(iov, 3, a), KS_ERR_NONE);
         ks_sigv4_sha256_hex("KAFS segment body\n", 18, b);
         CHECK_EQ_STR(a, b);
