@@ -152,6 +152,13 @@ int ks_broker_start(ks_broker_t *b, const ks_config_t *cfg)
         }
         if (open_object_store(b) != 0 || open_logs(b) != 0)
                 goto fail;
+        ks_groups_config_t gcfg = { cfg->group_min_session_timeout_ms, cfg->group_max_session_timeout_ms,
+                                    cfg->group_initial_rebalance_delay_ms };
+        err = ks_groups_open(&gcfg, b->meta, &b->groups);
+        if (err) {
+                ks_log_error("groups_open_failed", "err=%s", ks_err_name(err));
+                goto fail;
+        }
         b->workq = ks_workq_new("ks-work", 4);
         if (!b->workq)
                 goto fail;
@@ -177,6 +184,17 @@ void ks_broker_stop(ks_broker_t *b)
         if (b->workq) {
                 ks_workq_destroy(b->workq);
                 b->workq = NULL;
+        }
+        /* Parked joins and syncs are answered; group metadata is written. */
+        if (b->groups) {
+                ks_groups_close(b->groups);
+                b->groups = NULL;
+        }
+        /* Parked fetches answer now (and the loops deliver those answers)
+         * before the log they read goes away. */
+        if (b->log && b->server) {
+                ks_log_wake_all(b->log);
+                ks_server_barrier(b->server);
         }
         /* Flush buffered records while the I/O loops still deliver the
          * acknowledgements. */

@@ -14,6 +14,7 @@
 #define KS_BROKER_BROKER_H
 
 #include "config/config.h"
+#include "group/group.h"
 #include "log/log.h"
 #include "meta/kv.h"
 #include "meta/metadata.h"
@@ -29,6 +30,7 @@ typedef struct ks_broker {
         ks_objstore_t *store;   /* owned: where records are durable */
         ks_log_t *log;          /* owned: partition logs */
         ks_log_config_t log_cfg;
+        ks_groups_t *groups;    /* owned: group coordinator */
         const char *mode;       /* "embedded" or "memory" */
         volatile int stopping;  /* set at shutdown: new requests are refused */
 } ks_broker_t;
@@ -79,6 +81,13 @@ void ks_handle_describe_cluster(ks_broker_t *b, ks_req_t *req);
 void ks_handle_produce(ks_broker_t *b, ks_req_t *req);
 void ks_handle_fetch(ks_broker_t *b, ks_req_t *req);
 void ks_handle_list_offsets(ks_broker_t *b, ks_req_t *req);
+void ks_handle_find_coordinator(ks_broker_t *b, ks_req_t *req);
+void ks_handle_join_group(ks_broker_t *b, ks_req_t *req);
+void ks_handle_sync_group(ks_broker_t *b, ks_req_t *req);
+void ks_handle_heartbeat(ks_broker_t *b, ks_req_t *req);
+void ks_handle_leave_group(ks_broker_t *b, ks_req_t *req);
+void ks_handle_offset_commit(ks_broker_t *b, ks_req_t *req);
+void ks_handle_offset_fetch(ks_broker_t *b, ks_req_t *req);
 
 /* Builds the ApiVersions response body into `resp` (arena-allocated arrays). */
 void ks_api_versions_fill(ks_req_t *req, void *resp);

@@ -123,7 +123,7 @@ static void fetch_wake(ks_loop_t *loop, void *opaque)
                 return;
         }
         unwatch_all(ctx);
-        fetch_try(ctx, false);
+        fetch_try(ctx, ctx->b->stopping != 0);
 }
 
 static void fetch_timeout(ks_loop_t *loop, ks_timer_t *t)
@@ -148,7 +148,7 @@ static void load_done_on_loop(ks_loop_t *loop, void *arg)
                 fetch_ctx_maybe_free(ctx);
                 return;
         }
-        fetch_try(ctx, ks_loop_now_ms() >= ctx->deadline);
+        fetch_try(ctx, ks_loop_now_ms() >= ctx->deadline || ctx->b->stopping);
 }
 
 static void load_job(void *arg)
@@ -395,5 +395,6 @@ void ks_handle_fetch(ks_broker_t *b, ks_req_t *req)
                 }
         }
         ctx->nparts = n;
-        fetch_try(ctx, ctx->deadline <= ks_loop_now_ms());
+        /* Nothing to wait on (no partitions) means nothing can wake it. */
+        fetch_try(ctx, n == 0 || ctx->deadline <= ks_loop_now_ms());
 }

@@ -47,6 +47,13 @@ static const var_t vars[] = {
         { "KAFSCALE_STORAGE_THREADS", "8", T_INT, 1, 256, "Parallel segment uploads and object-store reads" },
         { "KAFSCALE_MAX_MESSAGE_BYTES", "1048588", T_INT, 1024, 268435456,
           "Largest record batch accepted (Kafka's message.max.bytes)" },
+        { "KAFSCALE_GROUP_MIN_SESSION_TIMEOUT_MS", "6000", T_INT, 1, INT32_MAX,
+          "Smallest session timeout a group member may ask for (Kafka's group.min.session.timeout.ms)" },
+        { "KAFSCALE_GROUP_MAX_SESSION_TIMEOUT_MS", "1800000", T_INT, 1, INT32_MAX,
+          "Largest session timeout a group member may ask for (group.max.session.timeout.ms)" },
+        { "KAFSCALE_GROUP_INITIAL_REBALANCE_DELAY_MS", "3000", T_INT, 0, 600000,
+          "How long a new group waits for more members before its first rebalance "
+          "(group.initial.rebalance.delay.ms)" },
         { "KAFSCALE_AUTO_CREATE_TOPICS", "1", T_BOOL, 0, 0,
           "Create unknown topics on Metadata requests that allow it" },
         { "KAFSCALE_DEFAULT_PARTITIONS", "1", T_INT, 1, 100000,
@@ -219,6 +226,21 @@ int ks_config_from_env(ks_config_t *cfg, char *err, size_t errlen)
         if (cfg->memory_s3 && cfg->s3.bucket) {
                 snprintf(err, errlen, "KAFSCALE_USE_MEMORY_S3 and KAFSCALE_S3_BUCKET are both set: choose one "
                                       "(unset KAFSCALE_USE_MEMORY_S3 to store records in the bucket)");
+                return -1;
+        }
+        if (get_int("KAFSCALE_GROUP_MIN_SESSION_TIMEOUT_MS", &x, err, errlen))
+                return -1;
+        cfg->group_min_session_timeout_ms = (int32_t)x;
+        if (get_int("KAFSCALE_GROUP_MAX_SESSION_TIMEOUT_MS", &x, err, errlen))
+                return -1;
+        cfg->group_max_session_timeout_ms = (int32_t)x;
+        if (get_int("KAFSCALE_GROUP_INITIAL_REBALANCE_DELAY_MS", &x, err, errlen))
+                return -1;
+        cfg->group_initial_rebalance_delay_ms = (int32_t)x;
+        if (cfg->group_min_session_timeout_ms > cfg->group_max_session_timeout_ms) {
+                snprintf(err, errlen, "KAFSCALE_GROUP_MIN_SESSION_TIMEOUT_MS (%d) is larger than "
+                                      "KAFSCALE_GROUP_MAX_SESSION_TIMEOUT_MS (%d)",
+                         cfg->group_min_session_timeout_ms, cfg->group_max_session_timeout_ms);
                 return -1;
         }
         if (get_bool("KAFSCALE_AUTO_CREATE_TOPICS", &cfg->auto_create_topics, err, errlen))

@@ -43,6 +43,11 @@ typedef struct ks_config {
         int storage_threads;
         int32_t max_message_bytes;
 
+        /* Consumer groups. */
+        int32_t group_min_session_timeout_ms;
+        int32_t group_max_session_timeout_ms;
+        int32_t group_initial_rebalance_delay_ms;
+
         /* Behaviour. */
         bool auto_create_topics;
         int32_t default_partitions;

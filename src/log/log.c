@@ -1052,6 +1052,22 @@ void ks_partition_watch(ks_partition_t *p, ks_fetch_waiter_t *w)
         pthread_mutex_unlock(&p->lock);
 }
 
+void ks_log_wake_all(ks_log_t *log)
+{
+        pthread_rwlock_rdlock(&log->topics_lock);
+        for (int i = 0; i < log->ntopics; i++) {
+                topic_entry_t *te = log->topics[i];
+                for (int32_t j = 0; j < te->nparts; j++) {
+                        ks_partition_t *p = te->parts[j];
+                        pthread_mutex_lock(&p->lock);
+                        ks_fetch_waiter_t *fw = take_fetch_waiters(p);
+                        pthread_mutex_unlock(&p->lock);
+                        deliver(NULL, 0, fw);
+                }
+        }
+        pthread_rwlock_unlock(&log->topics_lock);
+}
+
 bool ks_partition_unwatch(ks_partition_t *p, ks_fetch_waiter_t *w)
 {
         pthread_mutex_lock(&p->lock);

@@ -146,6 +146,9 @@ typedef struct ks_fetch_waiter {
 } ks_fetch_waiter_t;
 
 void ks_partition_watch(ks_partition_t *p, ks_fetch_waiter_t *w);
+
+/* Fires every registered fetch waiter (shutdown: parked fetches answer). */
+void ks_log_wake_all(ks_log_t *log);
 bool ks_partition_unwatch(ks_partition_t *p, ks_fetch_waiter_t *w);
 
 /* --- list offsets ---------------------------------------------------------------- */

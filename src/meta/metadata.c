@@ -771,3 +771,53 @@ ks_err_t ks_meta_partition_commit(ks_meta_t *m, const char *topic, int32_t parti
                 return err;
         return ok ? 0 : KS_ERR__CONFLICT;
 }
+
+/* ------------------------------------------------------------------------ */
+/* Consumer groups                                                           */
+
+#define CONSUMERS_PREFIX "/kafscale/consumers/"
+
+ks_err_t ks_meta_group_put(ks_meta_t *m, const char *group, const uint8_t *buf, size_t len)
+{
+        char key[400];
+        int kl = snprintf(key, sizeof(key), CONSUMERS_PREFIX "%s/metadata", group);
+        if (kl < 0 || (size_t)kl >= sizeof(key))
+                return KS_ERR__INVALID_ARG;
+        return ks_kv_put(m->kv, key, (size_t)kl, buf, len, 0, NULL);
+}
+
+ks_err_t ks_meta_group_delete(ks_meta_t *m, const char *group)
+{
+        char key[400];
+        int kl = snprintf(key, sizeof(key), CONSUMERS_PREFIX "%s/metadata", group);
+        if (kl < 0 || (size_t)kl >= sizeof(key))
+                return KS_ERR__INVALID_ARG;
+        return ks_kv_delete_range(m->kv, key, (size_t)kl, NULL, 0, NULL, NULL);
+}
+
+ks_err_t ks_meta_groups_load(ks_meta_t *m, int (*cb)(void *opaque, const char *group, const uint8_t *buf, size_t len),
+                             void *opaque)
+{
+        uint8_t end[sizeof(CONSUMERS_PREFIX)];
+        size_t elen = ks_kv_prefix_end(CONSUMERS_PREFIX, sizeof(CONSUMERS_PREFIX) - 1, end);
+        ks_kv_result_t res;
+        ks_err_t err = ks_kv_range(m->kv, CONSUMERS_PREFIX, sizeof(CONSUMERS_PREFIX) - 1, end, elen, &res);
+        if (err)
+                return err;
+        const size_t plen = sizeof(CONSUMERS_PREFIX) - 1, slen = sizeof("/metadata") - 1;
+        for (size_t i = 0; i < res.count; i++) {
+                const ks_kv_pair_t *kv = &res.kvs[i];
+                if (kv->key_len <= plen + slen || memcmp(kv->key + kv->key_len - slen, "/metadata", slen) != 0)
+                        continue;
+                size_t gl = kv->key_len - plen - slen;
+                char group[256];
+                if (gl >= sizeof(group) || memchr(kv->key + plen, '/', gl))
+                        continue;
+                memcpy(group, kv->key + plen, gl);
+                group[gl] = '\0';
+                if (cb(opaque, group, kv->value, kv->value_len) != 0)
+                        break;
+        }
+        ks_kv_result_free(&res);
+        return 0;
+}

@@ -123,6 +123,20 @@ ks_err_t ks_meta_partition_load(ks_meta_t *meta, const char *topic, int32_t part
 ks_err_t ks_meta_partition_commit(ks_meta_t *meta, const char *topic, int32_t partition, int64_t expect_next,
                                   const ks_seg_meta_t *seg);
 
+/* --- consumer groups ------------------------------------------------------------ */
+
+/* Writes a group's metadata record (protobuf ConsumerGroup, encoded by the
+ * coordinator) at /kafscale/consumers/{group}/metadata.  BLOCKING. */
+ks_err_t ks_meta_group_put(ks_meta_t *meta, const char *group, const uint8_t *buf, size_t len);
+
+/* Deletes a group's metadata record.  BLOCKING. */
+ks_err_t ks_meta_group_delete(ks_meta_t *meta, const char *group);
+
+/* Calls cb for every stored group record (stops early on non-zero).
+ * BLOCKING. */
+ks_err_t ks_meta_groups_load(ks_meta_t *meta, int (*cb)(void *opaque, const char *group, const uint8_t *buf, size_t len),
+                             void *opaque);
+
 /* Encoding of the records, exposed for tests and tools.  Encode returns a
  * malloc'ed buffer; decode fills *t and returns 0 or KS_ERR__CORRUPT. */
 ks_err_t ks_meta_topic_encode(const ks_topic_t *t, uint8_t **buf, size_t *len);

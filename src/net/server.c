@@ -744,6 +744,41 @@ int ks_server_port(const ks_server_t *srv)
         return srv->port;
 }
 
+typedef struct barrier {
+        pthread_mutex_t lock;
+        pthread_cond_t cond;
+        int left;
+} barrier_t;
+
+static void barrier_arrive(ks_loop_t *loop, void *arg)
+{
+        (void)loop;
+        barrier_t *b = arg;
+        pthread_mutex_lock(&b->lock);
+        if (--b->left == 0)
+                pthread_cond_signal(&b->cond);
+        pthread_mutex_unlock(&b->lock);
+}
+
+void ks_server_barrier(ks_server_t *srv)
+{
+        if (!srv->started)
+                return;
+        barrier_t b;
+        pthread_mutex_init(&b.lock, NULL);
+        pthread_cond_init(&b.cond, NULL);
+        b.left = srv->nthreads;
+        for (int i = 0; i < srv->nthreads; i++)
+                if (ks_loop_post(srv->threads[i].loop, barrier_arrive, &b) != 0)
+                        barrier_arrive(NULL, &b);
+        pthread_mutex_lock(&b.lock);
+        while (b.left > 0)
+                pthread_cond_wait(&b.cond, &b.lock);
+        pthread_mutex_unlock(&b.lock);
+        pthread_cond_destroy(&b.cond);
+        pthread_mutex_destroy(&b.lock);
+}
+
 void ks_server_stop(ks_server_t *srv)
 {
         if (!srv->started)

@@ -68,6 +68,11 @@ int ks_server_port(const ks_server_t *srv);
 /* Stops accepting, closes every connection, joins the I/O threads.  Requests
  * still held by handlers are released when they complete. */
 void ks_server_stop(ks_server_t *srv);
+
+/* Waits until every I/O loop has run what was posted to it before this
+ * call (call from a non-loop thread).  Used at shutdown so that completions
+ * posted by other threads are delivered before the state they touch goes. */
+void ks_server_barrier(ks_server_t *srv);
 void ks_server_destroy(ks_server_t *srv);
 
 /* Runs fn(arg) when the request is freed, after its response has been
