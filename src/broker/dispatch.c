@@ -20,6 +20,8 @@ const ks_handler_t ks_handlers[] = {
         { KS_API_FETCH, 4, 17, ks_handle_fetch, 4 },
         { KS_API_LIST_OFFSETS, 0, 10, ks_handle_list_offsets, 0 },
         { KS_API_METADATA, 0, 12, ks_handle_metadata, 0 },
+        { KS_API_OFFSET_COMMIT, 0, 9, ks_handle_offset_commit, 0 },
+        { KS_API_OFFSET_FETCH, 0, 9, ks_handle_offset_fetch, 0 },
         { KS_API_FIND_COORDINATOR, 0, 6, ks_handle_find_coordinator, 0 },
         { KS_API_JOIN_GROUP, 0, 9, ks_handle_join_group, 0 },
         { KS_API_HEARTBEAT, 0, 4, ks_handle_heartbeat, 0 },

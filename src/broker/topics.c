@@ -9,6 +9,7 @@
 
 #include "broker/broker.h"
 #include "broker/topic_config.h"
+#include "meta/offsets.h"
 #include "protocol/gen/kafka_msgs.h"
 #include "util/log.h"
 
@@ -274,8 +275,15 @@ static void delete_topics_work(ks_broker_t *b, ks_req_t *req)
                 }
                 if (!err) {
                         ks_err_t e = ks_meta_topic_delete(b->meta, t.name, by_id ? &id : NULL);
-                        if (!e)
+                        if (!e) {
                                 ks_log_topic_drop(b->log, t.name, &t.id);
+                                /* Kafka drops the topic's committed offsets
+                                 * with it: a re-created topic starts clean. */
+                                ks_err_t oe = ks_offsets_delete_topic(b->kv, t.name);
+                                if (oe)
+                                        ks_log_warn("topic_offsets_not_deleted", "topic=%s err=%s", t.name,
+                                                    ks_err_name(oe));
+                        }
                         if (e == KS_ERR__NOT_FOUND) {
                                 err = by_id ? KS_ERR_UNKNOWN_TOPIC_ID : KS_ERR_UNKNOWN_TOPIC_OR_PARTITION;
                         } else if (e) {

@@ -23,13 +23,13 @@
 #include <time.h>
 
 #include "kafscale_metadata.pb-c.h"
+#include "meta/offsets.h"
 #include "protocol/gen/kafka_msgs.h"
 #include "util/clock.h"
 #include "util/log.h"
 
 #define TICK_MS 100
 #define NBUCKETS 1024
-#define GROUP_ID_MAX 249
 
 enum { ST_EMPTY, ST_PREPARING, ST_COMPLETING, ST_STABLE, ST_DEAD };
 
@@ -120,14 +120,8 @@ static bool str_empty(ks_str_t s)
 
 ks_err_t ks_group_id_check(ks_str_t group)
 {
-        if (group.len <= 0 || group.len > GROUP_ID_MAX)
-                return KS_ERR_INVALID_GROUP_ID;
-        for (int32_t i = 0; i < group.len; i++) {
-                unsigned char c = (unsigned char)group.ptr[i];
-                if (c == '/' || c < 0x20 || c == 0x7f)
-                        return KS_ERR_INVALID_GROUP_ID; /* keys must stay well-formed */
-        }
-        return 0;
+        /* One rule for every place a group id becomes a key. */
+        return ks_offsets_group_invalid(group) ? KS_ERR_INVALID_GROUP_ID : 0;
 }
 
 /* ------------------------------------------------------------------------ */

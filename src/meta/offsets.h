@@ -39,7 +39,7 @@
 #include "util/err.h"
 
 /* Longest group id accepted, in bytes. */
-#define KS_GROUP_ID_MAX 255
+#define KS_GROUP_ID_MAX 249 /* as topic names, and the coordinator's limit */
 
 /* Kafka's offset.metadata.max.bytes default: a commit whose metadata is
  * longer gets OFFSET_METADATA_TOO_LARGE (checked by the handler). */
@@ -86,8 +86,9 @@ typedef struct ks_offset_list {
 /* NULL if `group` may be used as a group id in a key, else the reason.
  * Accepted: 1..KS_GROUP_ID_MAX bytes of printable ASCII other than '/', or
  * well-formed UTF-8 sequences beyond ASCII.  Rejected: empty, too long, '/',
- * control characters (including NUL), malformed UTF-8.  (Apache Kafka
- * accepts any string; these keys must stay one path segment.)
+ * control characters (C0 including NUL, DEL, C1), malformed UTF-8.  (Apache
+ * Kafka accepts any string; here the id must stay one printable path
+ * segment of the key.)
  * Non-blocking. */
 const char *ks_offsets_group_invalid(ks_str_t group);
 
@@ -100,7 +101,7 @@ const char *ks_offsets_group_invalid(ks_str_t group);
  * harmless, so the caller simply reports the error and the client retries).
  * committed_at is the system clock's wall time.
  * Returns 0; KS_ERR__INVALID_ARG (invalid group, topic name, partition or
- * metadata longer than 32767 bytes; nothing is written) ; KS_ERR__NOMEM; or
+ * metadata longer than 32767 bytes; nothing is written); KS_ERR__NOMEM; or
  * the store's error.  n == 0 writes nothing.  BLOCKING. */
 ks_err_t ks_offsets_commit(ks_kv_t *kv, const char *group, const ks_offset_commit_t *items, int n);
 

@@ -45,6 +45,13 @@ KAFSCALE_API_RANGES = {
     0: (0, 11),   # Produce (v0-v2 advertised, answered UNSUPPORTED_VERSION)
     1: (4, 17),   # Fetch
     2: (0, 10),   # ListOffsets
+    8: (0, 9),    # OffsetCommit
+    9: (0, 9),    # OffsetFetch
+    10: (0, 6),   # FindCoordinator
+    11: (0, 9),   # JoinGroup
+    12: (0, 4),   # Heartbeat
+    13: (0, 5),   # LeaveGroup
+    14: (0, 5),   # SyncGroup
     API_VERSIONS: (0, 4),
     METADATA: (0, 12),
     CREATE_TOPICS: (0, 7),
