@@ -88,6 +88,9 @@ void ks_handle_heartbeat(ks_broker_t *b, ks_req_t *req);
 void ks_handle_leave_group(ks_broker_t *b, ks_req_t *req);
 void ks_handle_offset_commit(ks_broker_t *b, ks_req_t *req);
 void ks_handle_offset_fetch(ks_broker_t *b, ks_req_t *req);
+void ks_handle_list_groups(ks_broker_t *b, ks_req_t *req);
+void ks_handle_describe_groups(ks_broker_t *b, ks_req_t *req);
+void ks_handle_delete_groups(ks_broker_t *b, ks_req_t *req);
 
 /* Builds the ApiVersions response body into `resp` (arena-allocated arrays). */
 void ks_api_versions_fill(ks_req_t *req, void *resp);

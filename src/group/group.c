@@ -715,8 +715,13 @@ void ks_groups_join(ks_groups_t *g, ks_req_t *req)
         }
         free(m->client_id);
         m->client_id = dup_str(req->hdr.ClientId);
+        /* Kafka reports the client's address as "/ip". */
         free(m->client_host);
-        m->client_host = strdup(req->peer);
+        const char *colon = strrchr(req->peer, ':');
+        int hl = colon ? (int)(colon - req->peer) : (int)strlen(req->peer);
+        m->client_host = malloc((size_t)hl + 2);
+        if (m->client_host)
+                snprintf(m->client_host, (size_t)hl + 2, "/%.*s", hl, req->peer);
         m->session_timeout_ms = rq->SessionTimeoutMs;
         m->rebalance_timeout_ms = v >= 1 ? rq->RebalanceTimeoutMs : rq->SessionTimeoutMs;
         m->last_seen = now_ms();
@@ -1018,8 +1023,8 @@ static void persist_dirty(ks_groups_t *g)
         pthread_mutex_lock(&g->lock);
         for (int b = 0; b < NBUCKETS; b++) {
                 for (group_t *gr = g->buckets[b]; gr; gr = gr->next) {
-                        if (!gr->dirty)
-                                continue;
+                        if (!gr->dirty || gr->state == ST_DEAD)
+                                continue; /* a Dead group is being deleted */
                         dirty_t *d = calloc(1, sizeof(*d));
                         if (!d)
                                 continue;
@@ -1084,6 +1089,8 @@ static void tick(ks_groups_t *g)
         pthread_mutex_lock(&g->lock);
         for (int b = 0; b < NBUCKETS; b++) {
                 for (group_t *gr = g->buckets[b]; gr; gr = gr->next) {
+                        if (gr->state == ST_DEAD)
+                                continue;
                         for (pending_t **pp = &gr->pending; *pp;) {
                                 if ((*pp)->expires <= now) {
                                         pending_t *pd = *pp;
@@ -1219,4 +1226,161 @@ void ks_groups_close(ks_groups_t *g)
         pthread_cond_destroy(&g->cond);
         pthread_mutex_destroy(&g->lock);
         free(g);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Ops APIs                                                                  */
+
+static const char *const kafka_state_names[] = { "Empty", "PreparingRebalance", "CompletingRebalance", "Stable",
+                                                 "Dead" };
+
+/* Kafka's AclOperation bits allowed on a group (no authorizer). */
+#define GROUP_OPS ((1 << 3) | (1 << 6) | (1 << 8))
+
+static int summary_cmp(const void *a, const void *b)
+{
+        return strcmp(((const ks_group_summary_t *)a)->id, ((const ks_group_summary_t *)b)->id);
+}
+
+void ks_group_summaries_free(ks_group_summary_t *s, int n)
+{
+        for (int i = 0; s && i < n; i++) {
+                free(s[i].id);
+                free(s[i].protocol_type);
+        }
+        free(s);
+}
+
+int ks_groups_list(ks_groups_t *g, ks_group_summary_t **out)
+{
+        pthread_mutex_lock(&g->lock);
+        int n = 0, cap = 16;
+        ks_group_summary_t *s = malloc((size_t)cap * sizeof(*s));
+        for (int b = 0; s && b < NBUCKETS; b++) {
+                for (group_t *gr = g->buckets[b]; gr; gr = gr->next) {
+                        if (gr->state == ST_DEAD)
+                                continue;
+                        if (n == cap) {
+                                cap *= 2;
+                                ks_group_summary_t *ns = realloc(s, (size_t)cap * sizeof(*s));
+                                if (!ns) {
+                                        ks_group_summaries_free(s, n);
+                                        s = NULL;
+                                        break;
+                                }
+                                s = ns;
+                        }
+                        s[n].id = strdup(gr->id);
+                        s[n].protocol_type = strdup(gr->protocol_type ? gr->protocol_type : "");
+                        s[n].state = kafka_state_names[gr->state];
+                        n++;
+                }
+        }
+        pthread_mutex_unlock(&g->lock);
+        if (!s)
+                return -1;
+        qsort(s, (size_t)n, sizeof(*s), summary_cmp);
+        *out = s;
+        return n;
+}
+
+static ks_bytes_t arena_bytes(ks_arena_t *a, const uint8_t *p, size_t n)
+{
+        uint8_t *c = n ? ks_arena_alloc(a, n) : NULL;
+        if (c)
+                memcpy(c, p, n);
+        return (ks_bytes_t){ c, c ? (int32_t)n : 0 };
+}
+
+void ks_groups_describe(ks_groups_t *g, ks_str_t group, bool include_ops, ks_arena_t *a, void *described)
+{
+        ks_DescribeGroupsResponse_DescribedGroup *d = described;
+        d->GroupId = group;
+        d->ErrorCode = 0;
+        d->ProtocolType = KS_STR("");
+        d->ProtocolData = KS_STR("");
+        d->Members.count = 0;
+        if (include_ops)
+                d->AuthorizedOperations = GROUP_OPS;
+        if (ks_group_id_check(group)) {
+                d->ErrorCode = KS_ERR_INVALID_GROUP_ID;
+                d->GroupState = KS_STR("");
+                return;
+        }
+        pthread_mutex_lock(&g->lock);
+        group_t *gr = group_find(g, group);
+        if (!gr) {
+                pthread_mutex_unlock(&g->lock);
+                d->GroupState = KS_STR("Dead");
+                return;
+        }
+        d->GroupState = ks_str_c(kafka_state_names[gr->state]);
+        d->ProtocolType = ks_arena_str(a, "%s", gr->protocol_type ? gr->protocol_type : "");
+        bool stable = gr->state == ST_STABLE;
+        if (stable)
+                d->ProtocolData = ks_arena_str(a, "%s", gr->protocol ? gr->protocol : "");
+        ks_DescribeGroupsResponse_DescribedGroupMember *ms =
+                ks_msg_new_array(&ks_DescribeGroupsResponse_DescribedGroupMember_desc, gr->nmembers, a);
+        int n = 0;
+        for (member_t *m = gr->members; ms && m; m = m->next, n++) {
+                ms[n].MemberId = ks_arena_str(a, "%s", m->id);
+                ms[n].GroupInstanceId = m->instance_id ? ks_arena_str(a, "%s", m->instance_id) : KS_STR_NULL;
+                ms[n].ClientId = ks_arena_str(a, "%s", m->client_id ? m->client_id : "");
+                ms[n].ClientHost = ks_arena_str(a, "%s", m->client_host ? m->client_host : "");
+                /* Kafka shows metadata and assignment only once Stable. */
+                const proto_t *p = stable && gr->protocol ? member_proto(m, gr->protocol) : NULL;
+                ms[n].MemberMetadata = p ? arena_bytes(a, p->meta, p->len) : (ks_bytes_t){ NULL, 0 };
+                ms[n].MemberAssignment =
+                        stable ? arena_bytes(a, m->assignment, m->assignment_len) : (ks_bytes_t){ NULL, 0 };
+        }
+        d->Members.items = ms;
+        d->Members.count = ms ? n : 0;
+        pthread_mutex_unlock(&g->lock);
+}
+
+ks_err_t ks_groups_delete_begin(ks_groups_t *g, ks_str_t group, bool *known)
+{
+        *known = false;
+        if (ks_group_id_check(group))
+                return KS_ERR_INVALID_GROUP_ID;
+        pthread_mutex_lock(&g->lock);
+        group_t *gr = group_find(g, group);
+        ks_err_t err = 0;
+        if (gr) {
+                *known = true;
+                if (gr->state == ST_DEAD)
+                        err = KS_ERR_GROUP_ID_NOT_FOUND;
+                else if (gr->nmembers > 0 || gr->state != ST_EMPTY)
+                        err = KS_ERR_NON_EMPTY_GROUP;
+                else
+                        set_state(gr, ST_DEAD);
+        }
+        pthread_mutex_unlock(&g->lock);
+        return err;
+}
+
+void ks_groups_delete_finish(ks_groups_t *g, ks_str_t group)
+{
+        pthread_mutex_lock(&g->lock);
+        uint32_t h = hash(group.ptr, (size_t)group.len);
+        for (group_t **pp = &g->buckets[h]; *pp; pp = &(*pp)->next) {
+                group_t *gr = *pp;
+                if (ks_str_eq_c(group, gr->id) && gr->state == ST_DEAD) {
+                        *pp = gr->next;
+                        while (gr->pending) {
+                                pending_t *pd = gr->pending;
+                                gr->pending = pd->next;
+                                free(pd->id);
+                                free(pd);
+                        }
+                        free(gr->id);
+                        free(gr->protocol_type);
+                        free(gr->protocol);
+                        free(gr->leader);
+                        free(gr);
+                        break;
+                }
+        }
+        pthread_mutex_unlock(&g->lock);
+        ks_log_info("group_deleted", "group=\"%.*s\"", (int)group.len, group.ptr);
 }

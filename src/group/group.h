@@ -53,6 +53,33 @@ void ks_groups_leave(ks_groups_t *g, ks_req_t *req);
 ks_err_t ks_groups_check_commit(ks_groups_t *g, ks_str_t group, ks_str_t member_id, ks_str_t instance_id,
                                 int32_t generation);
 
+/* --- ops APIs ----------------------------------------------------------------- */
+
+/* One listed group (ListGroups). Strings are malloc'ed with the array. */
+typedef struct ks_group_summary {
+        char *id;
+        char *protocol_type;
+        const char *state; /* Kafka's name: "Empty", "Stable", ... (static) */
+} ks_group_summary_t;
+
+/* Snapshot of every group, sorted by id; free with ks_group_summaries_free.
+ * Returns the count, or -1 if memory ran out. */
+int ks_groups_list(ks_groups_t *g, ks_group_summary_t **out);
+void ks_group_summaries_free(ks_group_summary_t *s, int n);
+
+/* Fills a DescribeGroups entry (ks_DescribeGroupsResponse_DescribedGroup)
+ * for `group`, copying what it needs into `arena`.  An unknown group is
+ * described as Kafka does: state "Dead", no members, error 0. */
+void ks_groups_describe(ks_groups_t *g, ks_str_t group, bool include_ops, ks_arena_t *arena, void *described);
+
+/* DeleteGroups, step 1 (non-blocking): a group with members gets
+ * NON_EMPTY_GROUP, an unknown one GROUP_ID_NOT_FOUND; otherwise it is
+ * marked Dead (joins get COORDINATOR_NOT_AVAILABLE) and 0 is returned.
+ * `known` tells whether the coordinator had it in memory. */
+ks_err_t ks_groups_delete_begin(ks_groups_t *g, ks_str_t group, bool *known);
+/* Step 2, after its records are gone from the store: forget it. */
+void ks_groups_delete_finish(ks_groups_t *g, ks_str_t group);
+
 /* Group names are Kafka-legal and non-empty; INVALID_GROUP_ID otherwise. */
 ks_err_t ks_group_id_check(ks_str_t group);
 
