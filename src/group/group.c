@@ -337,7 +337,11 @@ static void answer_join_error(ks_req_t *req, int16_t err, const char *member_id)
         ks_req_respond(req, resp);
 }
 
-static void answer_join(group_t *gr, member_t *m)
+/* Answers m's parked JoinGroup.  `leader_shown` is the leader id put in
+ * the response, `with_members` whether the member list is included and
+ * `skip` the SkipAssignment flag (a static leader rejoining a Stable
+ * group, KIP-345/KIP-814). */
+static void answer_join_as(group_t *gr, member_t *m, const char *leader_shown, bool with_members, bool skip)
 {
         ks_req_t *req = m->join_req;
         m->join_req = NULL;
@@ -350,9 +354,10 @@ static void answer_join(group_t *gr, member_t *m)
         resp->GenerationId = gr->generation;
         resp->ProtocolType = ks_arena_str(&req->arena, "%s", gr->protocol_type ? gr->protocol_type : "");
         resp->ProtocolName = ks_arena_str(&req->arena, "%s", gr->protocol ? gr->protocol : "");
-        resp->Leader = ks_arena_str(&req->arena, "%s", gr->leader ? gr->leader : "");
+        resp->Leader = ks_arena_str(&req->arena, "%s", leader_shown ? leader_shown : "");
         resp->MemberId = ks_arena_str(&req->arena, "%s", m->id);
-        if (gr->leader && !strcmp(gr->leader, m->id)) {
+        resp->SkipAssignment = skip;
+        if (with_members) {
                 ks_JoinGroupResponse_JoinGroupResponseMember *ms =
                         ks_msg_new_array(&ks_JoinGroupResponse_JoinGroupResponseMember_desc, gr->nmembers,
                                          &req->arena);
@@ -374,6 +379,12 @@ static void answer_join(group_t *gr, member_t *m)
                 resp->Members.count = ms ? n : 0;
         }
         ks_req_respond(req, resp);
+}
+
+static void answer_join(group_t *gr, member_t *m)
+{
+        bool leader = gr->leader && !strcmp(gr->leader, m->id);
+        answer_join_as(gr, m, gr->leader, leader, false);
 }
 
 static void answer_sync(ks_req_t *req, int16_t err, const group_t *gr, const member_t *m)
@@ -605,28 +616,53 @@ void ks_groups_join(ks_groups_t *g, ks_req_t *req)
                                 old->sync_req = NULL;
                         }
                         bool was_leader = gr->leader && !strcmp(gr->leader, old->id);
+                        /* Kafka rebalances only if the group's selected
+                         * protocol is no longer supported; changed metadata
+                         * alone (e.g. cooperative owned partitions) is just
+                         * recorded. */
+                        bool unchanged = false;
+                        for (int32_t i = 0; gr->protocol && i < rq->Protocols.count; i++)
+                                if (str_is(rq->Protocols.items[i].Name, gr->protocol))
+                                        unchanged = true;
+                        char *old_id = old->id;
+                        old->id = id;
                         if (was_leader) {
                                 free(gr->leader);
                                 gr->leader = strdup(id);
                         }
-                        free(old->id);
-                        old->id = id;
                         m = old;
                         ks_log_info("group_static_member_rejoined", "group=\"%s\" instance=\"%s\" member=\"%s\"",
                                     gr->id, old->instance_id, id);
-                        if (gr->state == ST_STABLE && !was_leader) {
-                                /* No rebalance: answer with the current
-                                 * generation; SyncGroup returns its old
-                                 * assignment. */
+                        if (gr->state == ST_STABLE && unchanged) {
+                                /* No rebalance (KIP-345): answer with the
+                                 * current generation; SyncGroup returns the
+                                 * old assignment.  A rejoining leader must
+                                 * not reassign: v9+ says so with
+                                 * SkipAssignment, older versions name the
+                                 * old member id as leader. */
                                 m->session_timeout_ms = rq->SessionTimeoutMs;
                                 m->rebalance_timeout_ms = v >= 1 ? rq->RebalanceTimeoutMs : rq->SessionTimeoutMs;
                                 m->last_seen = now_ms();
+                                if (!member_set_protocols(m, rq)) {
+                                        free(old_id);
+                                        remove_member(gr, m, KS_ERR_UNKNOWN_SERVER_ERROR);
+                                        pthread_mutex_unlock(&g->lock);
+                                        ks_req_close(req, "out of memory");
+                                        return;
+                                }
                                 m->join_req = req;
-                                answer_join(gr, m);
+                                if (!was_leader)
+                                        answer_join(gr, m);
+                                else if (v >= 9)
+                                        answer_join_as(gr, m, gr->leader, true, true);
+                                else
+                                        answer_join_as(gr, m, old_id, false, false);
+                                free(old_id);
                                 gr->dirty = true;
                                 pthread_mutex_unlock(&g->lock);
                                 return;
                         }
+                        free(old_id);
                 } else if (!is_static && v >= 4) {
                         /* KIP-394: hand out the id and wait for the rejoin. */
                         pending_t *pd = calloc(1, sizeof(*pd));
@@ -761,6 +797,8 @@ void ks_groups_sync(ks_groups_t *g, ks_req_t *req)
         int16_t err = 0;
         if (ks_group_id_check(rq->GroupId))
                 err = KS_ERR_INVALID_GROUP_ID;
+        else if (gr && !m && v >= 3 && member_find_instance(gr, rq->GroupInstanceId))
+                err = KS_ERR_FENCED_INSTANCE_ID; /* an old id of a static member that rejoined */
         else if (!gr || !m || gr->state == ST_EMPTY)
                 err = KS_ERR_UNKNOWN_MEMBER_ID;
         else if (v >= 3 && rq->GroupInstanceId.len > 0 &&
@@ -827,6 +865,8 @@ void ks_groups_heartbeat(ks_groups_t *g, ks_req_t *req)
         member_t *m = gr ? member_find(gr, rq->MemberId) : NULL;
         if (ks_group_id_check(rq->GroupId))
                 err = KS_ERR_INVALID_GROUP_ID;
+        else if (gr && !m && v >= 3 && member_find_instance(gr, rq->GroupInstanceId))
+                err = KS_ERR_FENCED_INSTANCE_ID; /* an old id of a static member that rejoined */
         else if (!gr || !m || gr->state == ST_EMPTY || gr->state == ST_DEAD)
                 err = KS_ERR_UNKNOWN_MEMBER_ID;
         else if (v >= 3 && rq->GroupInstanceId.len > 0 &&
