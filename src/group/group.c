@@ -159,6 +159,22 @@ static group_t *group_create(ks_groups_t *g, ks_str_t id)
         return gr;
 }
 
+/* Frees a group that has no members left (caller unlinked it). */
+static void group_free(group_t *gr)
+{
+        while (gr->pending) {
+                pending_t *pd = gr->pending;
+                gr->pending = pd->next;
+                free(pd->id);
+                free(pd);
+        }
+        free(gr->id);
+        free(gr->protocol_type);
+        free(gr->protocol);
+        free(gr->leader);
+        free(gr);
+}
+
 static member_t *member_find(group_t *gr, ks_str_t id)
 {
         if (id.len <= 0)
@@ -1249,17 +1265,7 @@ void ks_groups_close(ks_groups_t *g)
                         group_t *next = gr->next;
                         while (gr->members)
                                 remove_member(gr, gr->members, KS_ERR_COORDINATOR_NOT_AVAILABLE);
-                        while (gr->pending) {
-                                pending_t *pd = gr->pending;
-                                gr->pending = pd->next;
-                                free(pd->id);
-                                free(pd);
-                        }
-                        free(gr->id);
-                        free(gr->protocol_type);
-                        free(gr->protocol);
-                        free(gr->leader);
-                        free(gr);
+                        group_free(gr);
                         gr = next;
                 }
         }
@@ -1407,17 +1413,7 @@ void ks_groups_delete_finish(ks_groups_t *g, ks_str_t group)
                 group_t *gr = *pp;
                 if (ks_str_eq_c(group, gr->id) && gr->state == ST_DEAD) {
                         *pp = gr->next;
-                        while (gr->pending) {
-                                pending_t *pd = gr->pending;
-                                gr->pending = pd->next;
-                                free(pd->id);
-                                free(pd);
-                        }
-                        free(gr->id);
-                        free(gr->protocol_type);
-                        free(gr->protocol);
-                        free(gr->leader);
-                        free(gr);
+                        group_free(gr);
                         break;
                 }
         }
