@@ -27,6 +27,7 @@ const ks_handler_t ks_handlers[] = {
         { KS_API_HEARTBEAT, 0, 4, ks_handle_heartbeat, 0 },
         { KS_API_LEAVE_GROUP, 0, 5, ks_handle_leave_group, 0 },
         { KS_API_SYNC_GROUP, 0, 5, ks_handle_sync_group, 0 },
+        { KS_API_OFFSET_FOR_LEADER_EPOCH, 0, 4, ks_handle_offset_for_leader_epoch, 0 },
         { KS_API_DESCRIBE_GROUPS, 0, 5, ks_handle_describe_groups, 0 },
         { KS_API_LIST_GROUPS, 0, 5, ks_handle_list_groups, 0 },
         { KS_API_DELETE_GROUPS, 0, 2, ks_handle_delete_groups, 0 },
@@ -40,7 +41,7 @@ const int ks_handlers_count = (int)(sizeof(ks_handlers) / sizeof(ks_handlers[0])
 /* Ops APIs of the seed specification (and InitProducerId) not served yet:
  * advertised with MinVersion = MaxVersion = -1 so tools can tell. */
 const int16_t ks_unsupported_apis[] = {
-        KS_API_INIT_PRODUCER_ID,  KS_API_OFFSET_FOR_LEADER_EPOCH, KS_API_DESCRIBE_CONFIGS,
+        KS_API_INIT_PRODUCER_ID,  KS_API_DESCRIBE_CONFIGS,
         KS_API_ALTER_CONFIGS,     KS_API_CREATE_PARTITIONS,
 };
 const int ks_unsupported_apis_count = (int)(sizeof(ks_unsupported_apis) / sizeof(ks_unsupported_apis[0]));

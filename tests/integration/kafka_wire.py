@@ -52,6 +52,7 @@ KAFSCALE_API_RANGES = {
     12: (0, 4),   # Heartbeat
     13: (0, 5),   # LeaveGroup
     14: (0, 5),   # SyncGroup
+    23: (0, 4),   # OffsetForLeaderEpoch
     API_VERSIONS: (0, 4),
     METADATA: (0, 12),
     CREATE_TOPICS: (0, 7),
