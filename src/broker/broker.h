@@ -90,6 +90,10 @@ void ks_handle_offset_commit(ks_broker_t *b, ks_req_t *req);
 void ks_handle_offset_fetch(ks_broker_t *b, ks_req_t *req);
 void ks_handle_list_groups(ks_broker_t *b, ks_req_t *req);
 void ks_handle_offset_for_leader_epoch(ks_broker_t *b, ks_req_t *req);
+void ks_handle_describe_configs(ks_broker_t *b, ks_req_t *req);
+void ks_handle_alter_configs(ks_broker_t *b, ks_req_t *req);
+void ks_handle_incremental_alter_configs(ks_broker_t *b, ks_req_t *req);
+void ks_handle_create_partitions(ks_broker_t *b, ks_req_t *req);
 void ks_handle_describe_groups(ks_broker_t *b, ks_req_t *req);
 void ks_handle_delete_groups(ks_broker_t *b, ks_req_t *req);
 

@@ -31,6 +31,10 @@ const ks_handler_t ks_handlers[] = {
         { KS_API_DESCRIBE_GROUPS, 0, 5, ks_handle_describe_groups, 0 },
         { KS_API_LIST_GROUPS, 0, 5, ks_handle_list_groups, 0 },
         { KS_API_DELETE_GROUPS, 0, 2, ks_handle_delete_groups, 0 },
+        { KS_API_DESCRIBE_CONFIGS, 0, 4, ks_handle_describe_configs, 0 },
+        { KS_API_ALTER_CONFIGS, 0, 2, ks_handle_alter_configs, 0 },
+        { KS_API_CREATE_PARTITIONS, 0, 3, ks_handle_create_partitions, 0 },
+        { KS_API_INCREMENTAL_ALTER_CONFIGS, 0, 1, ks_handle_incremental_alter_configs, 0 },
         { KS_API_API_VERSIONS, 0, 4, ks_handle_api_versions, 0 },
         { KS_API_CREATE_TOPICS, 0, 7, ks_handle_create_topics, 0 },
         { KS_API_DELETE_TOPICS, 0, 6, ks_handle_delete_topics, 0 },
@@ -41,8 +45,7 @@ const int ks_handlers_count = (int)(sizeof(ks_handlers) / sizeof(ks_handlers[0])
 /* Ops APIs of the seed specification (and InitProducerId) not served yet:
  * advertised with MinVersion = MaxVersion = -1 so tools can tell. */
 const int16_t ks_unsupported_apis[] = {
-        KS_API_INIT_PRODUCER_ID,  KS_API_DESCRIBE_CONFIGS,
-        KS_API_ALTER_CONFIGS,     KS_API_CREATE_PARTITIONS,
+        KS_API_INIT_PRODUCER_ID,
 };
 const int ks_unsupported_apis_count = (int)(sizeof(ks_unsupported_apis) / sizeof(ks_unsupported_apis[0]));
 

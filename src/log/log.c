@@ -93,6 +93,7 @@ struct ks_partition {
         pthread_cond_t idle_cond; /* signalled when an upload finishes */
         int64_t hwm;
         int64_t next;
+        int64_t flush_bytes; /* flush target: min(segment_bytes, the topic's segment.bytes) */
         seg_t *segs;
         int nsegs, segcap;
         segdata_t *active;   /* accepting appends */
@@ -413,6 +414,14 @@ void ks_partition_offsets(ks_partition_t *p, ks_partition_offsets_t *out)
         pthread_mutex_unlock(&p->lock);
 }
 
+/* A partition's flush target: the log's object size, capped by the topic's
+ * segment.bytes. */
+static int64_t flush_target(const ks_log_t *log, const ks_topic_t *t)
+{
+        return t->segment_bytes > 0 && t->segment_bytes < log->cfg.segment_bytes ? t->segment_bytes
+                                                                                 : log->cfg.segment_bytes;
+}
+
 static ks_err_t partition_load(ks_log_t *log, const ks_topic_t *t, int32_t index, ks_partition_t **out)
 {
         ks_partition_meta_t pm;
@@ -432,6 +441,7 @@ static ks_err_t partition_load(ks_log_t *log, const ks_topic_t *t, int32_t index
         pthread_mutex_init(&p->lock, NULL);
         pthread_cond_init(&p->idle_cond, NULL);
         p->hwm = p->next = pm.next_offset;
+        p->flush_bytes = flush_target(log, t);
         p->heap_index = -1;
         p->segcap = pm.nsegs > 8 ? pm.nsegs : 8;
         p->segs = calloc((size_t)p->segcap, sizeof(*p->segs));
@@ -761,7 +771,7 @@ static void upload_job(void *arg)
                 fw = take_fetch_waiters(p);
                 if (p->active && p->active->nb > 0) {
                         next_flush = p->active->first_append_ms + log->cfg.flush_interval_ms;
-                        if ((int64_t)p->active->len >= log->cfg.segment_bytes)
+                        if ((int64_t)p->active->len >= p->flush_bytes)
                                 next_flush = 0;
                 }
         } else if (err == KS_ERR__CONFLICT) {
@@ -867,7 +877,7 @@ ks_err_t ks_partition_append(ks_partition_t *p, uint8_t *buf, size_t len, const 
         }
         int64_t at = -1;
         if (!err && p->active) {
-                if ((int64_t)p->active->len >= log->cfg.segment_bytes)
+                if ((int64_t)p->active->len >= p->flush_bytes)
                         at = 0;
                 else if (first)
                         at = p->active->first_append_ms + log->cfg.flush_interval_ms;
@@ -1272,7 +1282,9 @@ ks_err_t ks_log_topic_open(ks_log_t *log, const ks_topic_t *t)
                 for (int32_t p = te->nparts; p < t->partitions; p++)
                         if (!parts[p])
                                 err = KS_ERR__NOMEM;
-                if (!err) {
+                /* A concurrent open may already have opened more (a later
+                 * growth): never shrink; `parts` then only borrows. */
+                if (!err && t->partitions > te->nparts) {
                         free(te->parts);
                         te->parts = parts;
                         te->nparts = t->partitions;
@@ -1284,6 +1296,26 @@ ks_err_t ks_log_topic_open(ks_log_t *log, const ks_topic_t *t)
                 free(parts);
         }
         return err;
+}
+
+void ks_log_topic_configure(ks_log_t *log, const ks_topic_t *t)
+{
+        int64_t target = flush_target(log, t);
+        pthread_rwlock_rdlock(&log->topics_lock);
+        int i = topic_find_locked(log, t->name, strlen(t->name));
+        if (i >= 0 && ks_uuid_eq(&log->topics[i]->id, &t->id)) {
+                topic_entry_t *te = log->topics[i];
+                for (int32_t k = 0; k < te->nparts; k++) {
+                        ks_partition_t *p = te->parts[k];
+                        pthread_mutex_lock(&p->lock);
+                        p->flush_bytes = target;
+                        bool due = p->active && p->active->nb > 0 && (int64_t)p->active->len >= target;
+                        pthread_mutex_unlock(&p->lock);
+                        if (due)
+                                schedule_flush(log, p, 0);
+                }
+        }
+        pthread_rwlock_unlock(&log->topics_lock);
 }
 
 ks_partition_t *ks_log_partition(ks_log_t *log, ks_str_t topic, int32_t partition)

@@ -65,6 +65,12 @@ void ks_log_close(ks_log_t *log);
  * BLOCKING. */
 ks_err_t ks_log_topic_open(ks_log_t *log, const ks_topic_t *t);
 
+/* Applies a topic's configs to its open partitions: each flushes once its
+ * tail reaches min(segment_bytes of the log config, the topic's
+ * segment.bytes) (the interval still applies).  Partitions opened later take
+ * the value from the topic passed to ks_log_topic_open().  Non-blocking. */
+void ks_log_topic_configure(ks_log_t *log, const ks_topic_t *t);
+
 /* Forgets a deleted topic: pending produce and fetch waiters are answered
  * with UNKNOWN_TOPIC_OR_PARTITION; its objects are deleted from the object
  * store.  BLOCKING. */

@@ -584,6 +584,128 @@ ks_err_t ks_meta_topic_delete(ks_meta_t *m, const char *name, const ks_uuid_t *i
         return KS_ERR__CONFLICT;
 }
 
+ks_err_t ks_meta_topic_load(ks_meta_t *m, const char *name, ks_topic_t *out)
+{
+        char cfg_key[300];
+        int cfg_len = topic_key(cfg_key, sizeof(cfg_key), name, "config");
+        if (cfg_len < 0 || (size_t)cfg_len >= sizeof(cfg_key))
+                return KS_ERR__NOT_FOUND;
+        ks_kv_result_t res;
+        ks_err_t err = ks_kv_range(m->kv, cfg_key, (size_t)cfg_len, NULL, 0, &res);
+        if (err)
+                return err;
+        if (res.count == 0) {
+                ks_kv_result_free(&res);
+                return KS_ERR__NOT_FOUND;
+        }
+        err = ks_meta_topic_decode(res.kvs[0].value, res.kvs[0].value_len, out);
+        if (!err) {
+                out->mod_rev = res.kvs[0].mod_rev;
+                pthread_rwlock_wrlock(&m->lock);
+                registry_put_locked(m, out);
+                pthread_rwlock_unlock(&m->lock);
+        }
+        ks_kv_result_free(&res);
+        return err;
+}
+
+ks_err_t ks_meta_topic_update(ks_meta_t *m, ks_topic_t *t)
+{
+        char cfg_key[300];
+        int cfg_len = topic_key(cfg_key, sizeof(cfg_key), t->name, "config");
+        uint8_t *buf = NULL;
+        size_t len;
+        ks_err_t err = ks_meta_topic_encode(t, &buf, &len);
+        if (err)
+                return err;
+        const ks_kv_cmp_t cmp = { .key = cfg_key, .key_len = (size_t)cfg_len, .target = KS_KV_CMP_MOD,
+                                  .op = KS_KV_EQUAL, .number = t->mod_rev };
+        const ks_kv_op_t put = { .type = KS_KV_OP_PUT, .key = cfg_key, .key_len = (size_t)cfg_len, .value = buf,
+                                 .value_len = len };
+        bool ok = false;
+        int64_t rev = 0;
+        err = ks_kv_txn(m->kv, &cmp, 1, &put, 1, NULL, 0, &ok, &rev);
+        free(buf);
+        if (err)
+                return err;
+        if (!ok)
+                return KS_ERR__CONFLICT;
+        t->mod_rev = rev;
+        pthread_rwlock_wrlock(&m->lock);
+        registry_put_locked(m, t);
+        pthread_rwlock_unlock(&m->lock);
+        ks_log_info("topic_config_updated",
+                    "topic=%s retention_ms=%lld retention_bytes=%lld segment_bytes=%lld explicit=0x%x revision=%lld",
+                    t->name, (long long)t->retention_ms, (long long)t->retention_bytes, (long long)t->segment_bytes,
+                    t->explicit_configs, (long long)rev);
+        return 0;
+}
+
+ks_err_t ks_meta_topic_add_partitions(ks_meta_t *m, ks_topic_t *t, int32_t count)
+{
+        if (t->partitions < 1 || count <= t->partitions || count > KS_MAX_PARTITIONS)
+                return KS_ERR__INVALID_ARG;
+        const int32_t from = t->partitions;
+        const size_t added = (size_t)(count - from);
+        char cfg_key[300];
+        int cfg_len = topic_key(cfg_key, sizeof(cfg_key), t->name, "config");
+        ks_topic_t grown = *t;
+        grown.partitions = count;
+
+        size_t nops = 1 + 2 * added;
+        ks_kv_op_t *ops = calloc(nops, sizeof(*ops));
+        char (*keys)[300] = calloc(2 * added, sizeof(*keys));
+        uint8_t **bufs = calloc(1 + added, sizeof(*bufs));
+        ks_err_t err = (!ops || !keys || !bufs) ? KS_ERR__NOMEM : 0;
+        size_t len;
+        if (!err)
+                err = ks_meta_topic_encode(&grown, &bufs[0], &len);
+        if (!err)
+                ops[0] = (ks_kv_op_t){ .type = KS_KV_OP_PUT, .key = cfg_key, .key_len = (size_t)cfg_len,
+                                       .value = bufs[0], .value_len = len };
+        for (size_t i = 0; !err && i < added; i++) {
+                int32_t p = from + (int32_t)i;
+                char suffix[64];
+                size_t plen;
+                snprintf(suffix, sizeof(suffix), "partitions/%d", p);
+                int kl = topic_key(keys[2 * i], sizeof(keys[0]), t->name, suffix);
+                err = partition_state_encode(t->name, p, &bufs[1 + i], &plen);
+                if (err)
+                        break;
+                ops[1 + 2 * i] = (ks_kv_op_t){ .type = KS_KV_OP_PUT, .key = keys[2 * i], .key_len = (size_t)kl,
+                                               .value = bufs[1 + i], .value_len = plen };
+                snprintf(suffix, sizeof(suffix), "partitions/%d/next_offset", p);
+                kl = topic_key(keys[2 * i + 1], sizeof(keys[0]), t->name, suffix);
+                ops[2 + 2 * i] = (ks_kv_op_t){ .type = KS_KV_OP_PUT, .key = keys[2 * i + 1], .key_len = (size_t)kl,
+                                               .value = "0", .value_len = 1 };
+        }
+        bool ok = false;
+        int64_t rev = 0;
+        if (!err) {
+                const ks_kv_cmp_t cmp = { .key = cfg_key, .key_len = (size_t)cfg_len, .target = KS_KV_CMP_MOD,
+                                          .op = KS_KV_EQUAL, .number = t->mod_rev };
+                err = ks_kv_txn(m->kv, &cmp, 1, ops, nops, NULL, 0, &ok, &rev);
+                if (!err && !ok)
+                        err = KS_ERR__CONFLICT;
+        }
+        if (!err) {
+                grown.mod_rev = rev;
+                *t = grown;
+                pthread_rwlock_wrlock(&m->lock);
+                registry_put_locked(m, t);
+                pthread_rwlock_unlock(&m->lock);
+                ks_log_info("topic_partitions_added", "topic=%s partitions=%d previous=%d revision=%lld", t->name,
+                            count, from, (long long)rev);
+        }
+        if (bufs)
+                for (size_t i = 0; i <= added; i++)
+                        free(bufs[i]);
+        free(bufs);
+        free(keys);
+        free(ops);
+        return err;
+}
+
 bool ks_meta_topic_get(ks_meta_t *m, ks_str_t name, ks_topic_t *out)
 {
         if (name.len <= 0 || name.len > KS_TOPIC_NAME_MAX)

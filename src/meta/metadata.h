@@ -81,6 +81,34 @@ ks_err_t ks_meta_topic_create(ks_meta_t *meta, ks_topic_t *t);
  * KS_ERR__NOT_FOUND if there is no such topic.  BLOCKING. */
 ks_err_t ks_meta_topic_delete(ks_meta_t *meta, const char *name, const ks_uuid_t *id);
 
+/* Reads a topic's config record from the store itself (not the registry):
+ * *out receives the topic with the record's mod_rev, and the registry is
+ * brought up to that revision.  KS_ERR__NOT_FOUND if there is no such
+ * topic.  Read-modify-write (config and partition changes) starts here.
+ * BLOCKING. */
+ks_err_t ks_meta_topic_load(ks_meta_t *meta, const char *name, ks_topic_t *out);
+
+/* Rewrites a topic's config record from *t — the whitelisted configs and
+ * their explicit bits; name, id, partitions, replication factor and
+ * created_at must be as read — in one transaction that applies only if the
+ * record's mod_rev still equals t->mod_rev.  On success t->mod_rev is the
+ * new revision and the registry shows *t at once (read-your-writes).
+ * KS_ERR__CONFLICT if the record changed or was deleted since it was read:
+ * re-read with ks_meta_topic_load() and apply the change again.
+ * BLOCKING. */
+ks_err_t ks_meta_topic_update(ks_meta_t *meta, ks_topic_t *t);
+
+/* Grows a topic from t->partitions (as read, at t->mod_rev) to `count`
+ * partitions: the config record with the new count and, for every new
+ * partition, its PartitionState and a next offset of 0, all in one
+ * transaction that applies only if the config's mod_rev still equals
+ * t->mod_rev.  On success t->partitions = count, t->mod_rev is the new
+ * revision and the registry shows it at once; open the new partitions with
+ * ks_log_topic_open().  KS_ERR__CONFLICT as for ks_meta_topic_update(),
+ * KS_ERR__INVALID_ARG unless t->partitions < count <= KS_MAX_PARTITIONS.
+ * BLOCKING. */
+ks_err_t ks_meta_topic_add_partitions(ks_meta_t *meta, ks_topic_t *t, int32_t count);
+
 /* Looks a topic up by name / id.  Non-blocking; true if found. */
 bool ks_meta_topic_get(ks_meta_t *meta, ks_str_t name, ks_topic_t *out);
 bool ks_meta_topic_get_by_id(ks_meta_t *meta, ks_uuid_t id, ks_topic_t *out);

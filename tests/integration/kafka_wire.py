@@ -32,6 +32,10 @@ FIRST_FLEXIBLE_VERSION = {
     PRODUCE: 9,
     FETCH: 12,
     2: 6,  # ListOffsets
+    32: 4,  # DescribeConfigs
+    33: 2,  # AlterConfigs
+    37: 2,  # CreatePartitions
+    44: 1,  # IncrementalAlterConfigs
     METADATA: 9,
     API_VERSIONS: 3,
     CREATE_TOPICS: 5,
@@ -53,6 +57,10 @@ KAFSCALE_API_RANGES = {
     13: (0, 5),   # LeaveGroup
     14: (0, 5),   # SyncGroup
     23: (0, 4),   # OffsetForLeaderEpoch
+    32: (0, 4),   # DescribeConfigs
+    33: (0, 2),   # AlterConfigs
+    37: (0, 3),   # CreatePartitions
+    44: (0, 1),   # IncrementalAlterConfigs
     API_VERSIONS: (0, 4),
     METADATA: (0, 12),
     CREATE_TOPICS: (0, 7),
