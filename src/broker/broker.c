@@ -103,6 +103,7 @@ static int open_object_store(ks_broker_t *b)
         b->log_cfg.readahead_segments = cfg->readahead_segments;
         b->log_cfg.upload_threads = cfg->storage_threads;
         b->log_cfg.max_batch_bytes = cfg->max_message_bytes;
+        b->log_cfg.retention_check_ms = cfg->retention_check_ms;
         /* The S3 description is already key=value pairs; a path is quoted. */
         bool kv = cfg->s3.bucket && !cfg->memory_s3;
         ks_log_info("object_store_ready", "backend=%s %s%s%s namespace=%s flush_interval_ms=%lld segment_bytes=%lld",

@@ -42,6 +42,7 @@ typedef struct ks_config {
         int readahead_segments;
         int storage_threads;
         int32_t max_message_bytes;
+        int64_t retention_check_ms;
 
         /* Consumer groups. */
         int32_t group_min_session_timeout_ms;

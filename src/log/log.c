@@ -94,6 +94,8 @@ struct ks_partition {
         int64_t hwm;
         int64_t next;
         int64_t flush_bytes; /* flush target: min(segment_bytes, the topic's segment.bytes) */
+        int64_t retention_ms;    /* -1: unlimited */
+        int64_t retention_bytes; /* -1: unlimited */
         seg_t *segs;
         int nsegs, segcap;
         segdata_t *active;   /* accepting appends */
@@ -134,6 +136,8 @@ struct ks_log {
         int heap_len, heap_cap;
         bool stopping;
         pthread_t sched_thread;
+        int64_t next_retention_ms;  /* sched_lock */
+        bool retention_running;     /* sched_lock */
 
         pthread_mutex_t cache_lock;
         segdata_t *lru_head, *lru_tail; /* head = most recently used */
@@ -442,6 +446,8 @@ static ks_err_t partition_load(ks_log_t *log, const ks_topic_t *t, int32_t index
         pthread_cond_init(&p->idle_cond, NULL);
         p->hwm = p->next = pm.next_offset;
         p->flush_bytes = flush_target(log, t);
+        p->retention_ms = t->retention_ms;
+        p->retention_bytes = t->retention_bytes;
         p->heap_index = -1;
         p->segcap = pm.nsegs > 8 ? pm.nsegs : 8;
         p->segs = calloc((size_t)p->segcap, sizeof(*p->segs));
@@ -569,23 +575,53 @@ static void flush_due(ks_log_t *log, ks_partition_t *p)
         }
 }
 
+static void retention_job(void *arg)
+{
+        ks_log_t *log = arg;
+        ks_log_enforce_retention(log);
+        pthread_mutex_lock(&log->sched_lock);
+        log->retention_running = false;
+        pthread_mutex_unlock(&log->sched_lock);
+}
+
+/* Starts a retention pass on a storage worker when one is due (sched_lock
+ * held).  Returns the time of the next pass, or INT64_MAX. */
+static int64_t retention_tick_locked(ks_log_t *log, int64_t now)
+{
+        if (log->cfg.retention_check_ms <= 0 || log->stopping)
+                return INT64_MAX;
+        if (now >= log->next_retention_ms) {
+                log->next_retention_ms = now + log->cfg.retention_check_ms;
+                if (!log->retention_running && ks_workq_submit(log->workers, retention_job, log) == 0)
+                        log->retention_running = true;
+        }
+        return log->next_retention_ms;
+}
+
 static void *sched_main(void *arg)
 {
         ks_log_t *log = arg;
         pthread_mutex_lock(&log->sched_lock);
+        log->next_retention_ms = now_ms() + log->cfg.retention_check_ms;
         for (;;) {
-                if (log->heap_len == 0) {
-                        if (log->stopping)
+                int64_t now = now_ms();
+                int64_t next_retention = retention_tick_locked(log, now);
+                if (log->heap_len == 0 || log->heap[0]->flush_at > now) {
+                        if (log->stopping && log->heap_len == 0)
                                 break;
+                }
+                if (log->heap_len == 0 && next_retention == INT64_MAX) {
                         pthread_cond_wait(&log->sched_cond, &log->sched_lock);
                         continue;
                 }
-                ks_partition_t *p = log->heap[0];
-                int64_t now = now_ms();
-                if (p->flush_at > now && !log->stopping) {
+                ks_partition_t *p = log->heap_len > 0 ? log->heap[0] : NULL;
+                int64_t due = p ? p->flush_at : INT64_MAX;
+                if (next_retention < due)
+                        due = next_retention;
+                if (due > now && !(log->stopping && p)) {
                         struct timespec ts;
                         clock_gettime(CLOCK_MONOTONIC, &ts);
-                        int64_t wait = p->flush_at - now;
+                        int64_t wait = due - now;
                         ts.tv_sec += wait / 1000;
                         ts.tv_nsec += (wait % 1000) * 1000000;
                         if (ts.tv_nsec >= 1000000000) {
@@ -595,6 +631,8 @@ static void *sched_main(void *arg)
                         pthread_cond_timedwait(&log->sched_cond, &log->sched_lock, &ts);
                         continue;
                 }
+                if (!p || (p->flush_at > now_ms() && !log->stopping))
+                        continue; /* the retention pass was due */
                 heap_remove(log, p);
                 pthread_mutex_unlock(&log->sched_lock);
                 flush_due(log, p);
@@ -1309,6 +1347,8 @@ void ks_log_topic_configure(ks_log_t *log, const ks_topic_t *t)
                         ks_partition_t *p = te->parts[k];
                         pthread_mutex_lock(&p->lock);
                         p->flush_bytes = target;
+                        p->retention_ms = t->retention_ms;
+                        p->retention_bytes = t->retention_bytes;
                         bool due = p->active && p->active->nb > 0 && (int64_t)p->active->len >= target;
                         pthread_mutex_unlock(&p->lock);
                         if (due)
@@ -1383,6 +1423,96 @@ void ks_log_topic_drop(ks_log_t *log, const char *topic, const ks_uuid_t *id)
         else
                 ks_log_info("topic_objects_deleted", "topic=%s objects=%zu of=%zu", topic, deleted, l.count);
         ks_objlist_free(&l);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Retention                                                                 */
+
+/* Deletes the leading segments of p that retention no longer keeps. */
+static void enforce_partition(ks_log_t *log, ks_partition_t *p)
+{
+        int64_t wall = ks_clock_wall_ms(ks_clock_system());
+        int64_t bases[64];
+        int n = 0;
+        pthread_mutex_lock(&p->lock);
+        int64_t total = 0;
+        for (int i = 0; i < p->nsegs; i++)
+                total += p->segs[i].m.size_bytes;
+        for (int i = 0; i < p->nsegs && n < 64 && !p->dropped; i++) {
+                const ks_seg_meta_t *m = &p->segs[i].m;
+                int64_t newest = m->max_timestamp >= 0 ? m->max_timestamp : m->created_at_ms;
+                bool by_time = p->retention_ms >= 0 && wall - newest > p->retention_ms;
+                bool by_size = p->retention_bytes >= 0 && total - m->size_bytes >= p->retention_bytes;
+                if (!by_time && !by_size)
+                        break;
+                bases[n++] = m->base_offset;
+                total -= m->size_bytes;
+        }
+        pthread_mutex_unlock(&p->lock);
+        if (n == 0)
+                return;
+        ks_err_t err = ks_meta_partition_trim(log->meta, p->topic, p->index, bases, n);
+        if (err) {
+                ks_log_warn("retention_failed", "topic=%s partition=%d err=%s action=retry_next_pass", p->topic,
+                            p->index, ks_err_name(err));
+                return;
+        }
+        /* The manifest no longer has them: forget them here (readers that
+         * hold a segment keep it alive), then delete the objects. */
+        pthread_mutex_lock(&p->lock);
+        int drop = 0;
+        while (drop < n && drop < p->nsegs && p->segs[drop].m.base_offset == bases[drop])
+                drop++;
+        segdata_t *gone[64];
+        for (int i = 0; i < drop; i++)
+                gone[i] = p->segs[i].data;
+        memmove(p->segs, p->segs + drop, (size_t)(p->nsegs - drop) * sizeof(*p->segs));
+        p->nsegs -= drop;
+        int64_t start = log_start_locked(p);
+        pthread_mutex_unlock(&p->lock);
+        for (int i = 0; i < drop; i++) {
+                if (!gone[i])
+                        continue;
+                pthread_mutex_lock(&log->cache_lock);
+                if (gone[i]->in_lru)
+                        lru_unlink_locked(log, gone[i]);
+                pthread_mutex_unlock(&log->cache_lock);
+                segdata_unref(gone[i]);
+        }
+        for (int i = 0; i < n; i++) {
+                char key[512];
+                ks_segment_key(key, sizeof(key), log->ns, p->topic, p->index, bases[i], KS_SEGMENT_EXT_KFS);
+                ks_err_t e1 = ks_objstore_del(log->store, key);
+                ks_segment_key(key, sizeof(key), log->ns, p->topic, p->index, bases[i], KS_SEGMENT_EXT_INDEX);
+                ks_err_t e2 = ks_objstore_del(log->store, key);
+                if (e1 || e2)
+                        ks_log_warn("retention_object_not_deleted", "topic=%s partition=%d base=%lld err=%s",
+                                    p->topic, p->index, (long long)bases[i], ks_err_name(e1 ? e1 : e2));
+        }
+        ks_log_info("retention_applied", "topic=%s partition=%d segments_deleted=%d log_start_offset=%lld", p->topic,
+                    p->index, n, (long long)start);
+}
+
+void ks_log_enforce_retention(ks_log_t *log)
+{
+        /* Take references under the topics lock, work without it. */
+        pthread_rwlock_rdlock(&log->topics_lock);
+        int total = 0;
+        for (int i = 0; i < log->ntopics; i++)
+                total += log->topics[i]->nparts;
+        ks_partition_t **ps = calloc((size_t)(total ? total : 1), sizeof(*ps));
+        int n = 0;
+        for (int i = 0; ps && i < log->ntopics; i++)
+                for (int32_t j = 0; j < log->topics[i]->nparts; j++) {
+                        ps[n] = log->topics[i]->parts[j];
+                        partition_ref(ps[n++]);
+                }
+        pthread_rwlock_unlock(&log->topics_lock);
+        for (int i = 0; i < n; i++) {
+                enforce_partition(log, ps[i]);
+                ks_partition_release(ps[i]);
+        }
+        free(ps);
 }
 
 /* ------------------------------------------------------------------------ */

@@ -50,6 +50,7 @@ typedef struct ks_log_config {
         int readahead_segments;      /* segments read ahead for sequential consumers */
         int upload_threads;          /* parallel uploads (and cold reads) */
         int32_t max_batch_bytes;     /* largest accepted record batch */
+        int64_t retention_check_ms;  /* how often retention is enforced (0: never) */
 } ks_log_config_t;
 
 /* Creates the log manager.  `store`, `meta` are borrowed and must outlive
@@ -67,9 +68,18 @@ ks_err_t ks_log_topic_open(ks_log_t *log, const ks_topic_t *t);
 
 /* Applies a topic's configs to its open partitions: each flushes once its
  * tail reaches min(segment_bytes of the log config, the topic's
- * segment.bytes) (the interval still applies).  Partitions opened later take
+ * segment.bytes) (the interval still applies), and retention.ms /
+ * retention.bytes decide which segments the next retention pass deletes.  Partitions opened later take
  * the value from the topic passed to ks_log_topic_open().  Non-blocking. */
 void ks_log_topic_configure(ks_log_t *log, const ks_topic_t *t);
+
+/* Enforces retention on every partition now: whole segments whose newest
+ * record is older than retention.ms, and the oldest segments while the
+ * partition is larger than retention.bytes without them, are removed from
+ * the manifest (the log start offset moves to the first remaining segment,
+ * or the high watermark) and then from the object store.  The log also does
+ * this every retention_check_ms on its own.  BLOCKING. */
+void ks_log_enforce_retention(ks_log_t *log);
 
 /* Forgets a deleted topic: pending produce and fetch waiters are answered
  * with UNKNOWN_TOPIC_OR_PARTITION; its objects are deleted from the object

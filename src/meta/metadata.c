@@ -854,6 +854,27 @@ ks_err_t ks_meta_partition_load(ks_meta_t *m, const char *topic, int32_t partiti
         return 0;
 }
 
+ks_err_t ks_meta_partition_trim(ks_meta_t *m, const char *topic, int32_t partition, const int64_t *bases, int n)
+{
+        if (n <= 0)
+                return 0;
+        char (*keys)[360] = calloc((size_t)n, sizeof(*keys));
+        ks_kv_op_t *ops = calloc((size_t)n, sizeof(*ops));
+        ks_err_t err = (!keys || !ops) ? KS_ERR__NOMEM : 0;
+        for (int i = 0; !err && i < n; i++) {
+                char suffix[48];
+                snprintf(suffix, sizeof(suffix), "/segments/%020lld", (long long)bases[i]);
+                int kl = partition_key(keys[i], sizeof(keys[i]), topic, partition, suffix);
+                ops[i] = (ks_kv_op_t){ .type = KS_KV_OP_DELETE, .key = keys[i], .key_len = (size_t)kl };
+        }
+        bool ok;
+        if (!err)
+                err = ks_kv_txn(m->kv, NULL, 0, ops, (size_t)n, NULL, 0, &ok, NULL);
+        free(keys);
+        free(ops);
+        return err;
+}
+
 ks_err_t ks_meta_partition_commit(ks_meta_t *m, const char *topic, int32_t partition, int64_t expect_next,
                                   const ks_seg_meta_t *seg)
 {

@@ -151,6 +151,10 @@ ks_err_t ks_meta_partition_load(ks_meta_t *meta, const char *topic, int32_t part
 ks_err_t ks_meta_partition_commit(ks_meta_t *meta, const char *topic, int32_t partition, int64_t expect_next,
                                   const ks_seg_meta_t *seg);
 
+/* Removes segments from a partition's manifest (retention), in one
+ * transaction.  BLOCKING. */
+ks_err_t ks_meta_partition_trim(ks_meta_t *meta, const char *topic, int32_t partition, const int64_t *bases, int n);
+
 /* --- consumer groups ------------------------------------------------------------ */
 
 /* Writes a group's metadata record (protobuf ConsumerGroup, encoded by the

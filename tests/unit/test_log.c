@@ -366,3 +366,65 @@ TEST(log_topic_drop_fails_waiters_and_deletes_objects)
         ks_objlist_free(&l);
         fixture_destroy(&f);
 }
+
+TEST(log_retention_deletes_oldest_segments)
+{
+        fixture_t f;
+        REQUIRE(fixture_init(&f, 64 << 20));
+        acks_t a = { 0, 0 };
+        int64_t base;
+        /* Five segments of 10 records each (one flush per acknowledged append). */
+        for (int i = 0; i < 5; i++) {
+                REQUIRE_EQ_INT(append(&f, 0, 10, &a, &base), 0);
+                REQUIRE(wait_acks(&a, i + 1));
+        }
+        ks_objlist_t l;
+        REQUIRE_EQ_INT(ks_objstore_list(f.inner, "default/t/0/", &l), 0);
+        CHECK_EQ_INT((int)l.count, 10);
+        int64_t seg_size = 0;
+        for (size_t i = 0; i < l.count; i++)
+                if (strstr(l.items[i].key, ".kfs"))
+                        seg_size = l.items[i].size; /* all five are the same size */
+        ks_objlist_free(&l);
+
+        /* retention.bytes = two segments: Kafka deletes the oldest segments
+         * while what remains is still at least retention.bytes. */
+        f.topic.retention_bytes = 2 * seg_size;
+        ks_log_topic_configure(f.log, &f.topic);
+        ks_log_enforce_retention(f.log);
+        ks_partition_t *p = ks_log_partition(f.log, KS_STR("t"), 0);
+        ks_partition_offsets_t po;
+        ks_partition_offsets(p, &po);
+        CHECK_EQ_INT(po.log_start, 30);
+        CHECK_EQ_INT(po.high_watermark, 50);
+        ks_read_t rd;
+        CHECK_EQ_INT(ks_partition_read(p, 0, 1 << 20, &rd), KS_ERR_OFFSET_OUT_OF_RANGE);
+        REQUIRE_EQ_INT(ks_partition_read(p, 30, 1 << 20, &rd), 0);
+        CHECK(rd.len > 0);
+        ks_segref_release(rd.ref);
+        REQUIRE_EQ_INT(ks_objstore_list(f.inner, "default/t/0/", &l), 0);
+        CHECK_EQ_INT((int)l.count, 4);
+        ks_objlist_free(&l);
+
+        /* The manifest in the metadata store agrees (what a restart sees). */
+        ks_partition_meta_t pm;
+        REQUIRE_EQ_INT(ks_meta_partition_load(f.meta, "t", 0, &pm), 0);
+        CHECK_EQ_INT(pm.nsegs, 2);
+        CHECK_EQ_INT(pm.segs[0].base_offset, 30);
+        free(pm.segs);
+
+        /* retention.ms: the records are from 2023, far older than a second. */
+        f.topic.retention_bytes = -1;
+        f.topic.retention_ms = 1000;
+        ks_log_topic_configure(f.log, &f.topic);
+        ks_log_enforce_retention(f.log);
+        ks_partition_offsets(p, &po);
+        CHECK_EQ_INT(po.log_start, 50);
+        CHECK_EQ_INT(po.high_watermark, 50);
+        /* New records keep their offsets after the trimmed ones. */
+        REQUIRE_EQ_INT(append(&f, 0, 1, &a, &base), 0);
+        CHECK_EQ_INT(base, 50);
+        REQUIRE(wait_acks(&a, 6));
+        ks_partition_release(p);
+        fixture_destroy(&f);
+}
