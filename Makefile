@@ -6,7 +6,7 @@
 
 BUILD   ?= build
 CC      ?= cc
-PKGS    := sqlite3 libprotobuf-c libcurl libcrypto json-c
+PKGS    := sqlite3 libprotobuf-c libcurl libcrypto json-c libmicrohttpd
 SAN     ?=
 
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)

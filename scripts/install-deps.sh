@@ -22,7 +22,7 @@ BUILD_PKGS=(
 TEST_PKGS=(
   clang libclang-rt-14-dev
   kcat librdkafka-dev
-  python3-confluent-kafka python3-kafka python3-pytest python3-botocore
+  python3-confluent-kafka python3-kafka python3-pytest python3-botocore python3-prometheus-client
   etcd-server etcd-client
   valgrind
 )

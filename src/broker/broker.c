@@ -1,21 +1,247 @@
 /*
  * broker.c — start-up and shutdown order.
  *
- * Start: metadata store -> typed metadata (cluster id, topics) -> worker
- * pool -> network server.  Stop runs the reverse: the worker pool first
- * drains queued blocking work (whose completions the still-running I/O
- * loops deliver), then the server closes every connection, then the
- * metadata layers close.
+ * Start: metrics and the HTTP endpoint (KAFSCALE_METRICS_ADDR: /healthz
+ * answers from here on, /readyz says "not ready" until start-up is done) ->
+ * metadata store -> typed metadata (cluster id, topics) -> object store ->
+ * partition logs (recovery) -> groups -> worker pool -> network server ->
+ * readiness probe thread; only then is the broker ready.  Stop runs the
+ * reverse: readiness drops at once and the probe thread ends, the worker
+ * pool drains queued blocking work (whose completions the still-running
+ * I/O loops deliver), then the server closes every connection, then the
+ * metadata layers close; the HTTP endpoint goes last.
+ *
+ * Readiness (/readyz) never touches the stores from the HTTP thread: a
+ * probe thread (`ks-ready`) checks the object store (ks_objstore_check) and
+ * the metadata store (one key read) every READY_PROBE_INTERVAL_MS and
+ * caches the result; the HTTP handler reads the cache.
  */
 #include "broker/broker.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 #include <stdlib.h>
 #include <sys/stat.h>
+#include <time.h>
 
+#include "http/http.h"
+#include "metrics/metrics.h"
 #include "util/log.h"
+
+
+#define READY_PROBE_INTERVAL_MS 2000
+/* A probe still running after this long counts as a failure: a store that
+ * hangs is as unusable as one that refuses. */
+#define READY_PROBE_STALE_MS 10000
+#define READY_WHY 256
+
+/* Readiness and the HTTP endpoint.  ks_broker_t (broker.h) has no field for
+ * them, so they live here: one broker per process, as main.c runs it. */
+typedef struct ops_state {
+        pthread_mutex_t lock;
+        pthread_cond_t cond;     /* wakes the probe thread at stop */
+        ks_broker_t *b;
+        ks_http_t *http;
+        pthread_t probe;
+        bool probe_running;
+        bool stop;
+        bool serving;            /* recovery done, Kafka listener up */
+        bool store_ok, meta_ok;  /* last probe results */
+        char store_why[READY_WHY], meta_why[READY_WHY];
+        int64_t probe_started_ms; /* monotonic; 0 when no probe runs */
+        int last_ready;          /* -1 unknown, 0, 1: for transition logs */
+} ops_state_t;
+
+static ops_state_t ops = { .lock = PTHREAD_MUTEX_INITIALIZER, .last_ready = -1 };
+
+static int64_t mono_ms(void)
+{
+        return ks_clock_mono_ms(ks_clock_system());
+}
+
+/* Decides readiness from the cached state; ops.lock held. */
+static bool ready_locked(char *why, size_t len)
+{
+        ks_broker_t *b = ops.b;
+        if (!b || ops.stop || __atomic_load_n(&b->stopping, __ATOMIC_RELAXED)) {
+                snprintf(why, len, "shutting down");
+                return false;
+        }
+        if (!ops.serving) {
+                snprintf(why, len, "starting: start-up recovery in progress");
+                return false;
+        }
+        if (!ops.store_ok) {
+                snprintf(why, len, "object store unavailable: %s", ops.store_why);
+                return false;
+        }
+        if (!ops.meta_ok) {
+                snprintf(why, len, "metadata store unavailable: %s", ops.meta_why);
+                return false;
+        }
+        if (ops.probe_started_ms > 0 && mono_ms() - ops.probe_started_ms > READY_PROBE_STALE_MS) {
+                snprintf(why, len, "store check has not answered for %lld ms",
+                         (long long)(mono_ms() - ops.probe_started_ms));
+                return false;
+        }
+        return true;
+}
+
+/* Updates the ready gauge and logs transitions; ops.lock held. */
+static void ready_publish_locked(void)
+{
+        char why[2 * READY_WHY + 64];
+        int r = ready_locked(why, sizeof(why)) ? 1 : 0;
+        ks_metric_set(ks_std_metrics.ready, 0, r);
+        if (r == ops.last_ready)
+                return;
+        for (char *p = why; *p; p++)
+                if (*p == '"' || *p == '\n')
+                        *p = '\''; /* keep the logfmt value quoted */
+        if (r)
+                ks_log_info("broker_ready", "ready=true");
+        else if (ops.last_ready == 1 && ops.stop)
+                ks_log_info("broker_not_ready", "ready=false reason=\"%s\"", why);
+        else if (ops.last_ready == 1)
+                ks_log_warn("broker_not_ready", "ready=false reason=\"%s\"", why);
+        ops.last_ready = r;
+}
+
+/* ks_ready_fn for /readyz (HTTP thread). */
+static bool ready_check(void *opaque, char *why, size_t len)
+{
+        (void)opaque;
+        pthread_mutex_lock(&ops.lock);
+        bool r = ready_locked(why, len);
+        ready_publish_locked();
+        pthread_mutex_unlock(&ops.lock);
+        return r;
+}
+
+/* Cheap metadata-store read: the cluster id key. */
+static bool probe_metadata(ks_kv_t *kv, char *why, size_t len)
+{
+        static const char key[] = "/kafscale/cluster/id";
+        ks_kv_result_t res = { 0 };
+        ks_err_t err = ks_kv_range(kv, key, sizeof(key) - 1, NULL, 0, &res);
+        if (err) {
+                snprintf(why, len, "read of %s failed: %s", key, ks_err_name(err));
+                return false;
+        }
+        ks_kv_result_free(&res);
+        return true;
+}
+
+static void *probe_main(void *arg)
+{
+        (void)arg;
+        pthread_mutex_lock(&ops.lock);
+        while (!ops.stop) {
+                ks_broker_t *b = ops.b;
+                ops.probe_started_ms = mono_ms();
+                pthread_mutex_unlock(&ops.lock);
+
+                char swhy[READY_WHY] = "", mwhy[READY_WHY] = "";
+                ks_err_t err = ks_objstore_check(b->store, swhy, sizeof(swhy));
+                if (err && !swhy[0])
+                        snprintf(swhy, sizeof(swhy), "%s", ks_err_name(err));
+                bool meta = probe_metadata(b->kv, mwhy, sizeof(mwhy));
+
+                pthread_mutex_lock(&ops.lock);
+                ops.probe_started_ms = 0;
+                ops.store_ok = !err;
+                ops.meta_ok = meta;
+                memcpy(ops.store_why, swhy, sizeof(swhy));
+                memcpy(ops.meta_why, mwhy, sizeof(mwhy));
+                ks_metric_set(ks_std_metrics.objstore_up, 0, !err);
+                ks_metric_set(ks_std_metrics.metastore_up, 0, meta);
+                ready_publish_locked();
+                struct timespec until;
+                clock_gettime(CLOCK_MONOTONIC, &until);
+                until.tv_sec += READY_PROBE_INTERVAL_MS / 1000;
+                until.tv_nsec += (long)(READY_PROBE_INTERVAL_MS % 1000) * 1000000L;
+                if (until.tv_nsec >= 1000000000L) {
+                        until.tv_sec++;
+                        until.tv_nsec -= 1000000000L;
+                }
+                while (!ops.stop && pthread_cond_timedwait(&ops.cond, &ops.lock, &until) != ETIMEDOUT)
+                        ;
+        }
+        pthread_mutex_unlock(&ops.lock);
+        return NULL;
+}
+
+/* Starts the HTTP endpoint (not ready yet).  0, or -1 (logged). */
+static int ops_start_http(ks_broker_t *b)
+{
+        pthread_condattr_t ca;
+        pthread_condattr_init(&ca);
+        pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+        pthread_cond_init(&ops.cond, &ca);
+        pthread_condattr_destroy(&ca);
+        if (ks_metrics_std_init() != 0)
+                return -1;
+        pthread_mutex_lock(&ops.lock);
+        ops.b = b;
+        ops.stop = false;
+        ops.serving = false;
+        ops.store_ok = ops.meta_ok = false;
+        ops.store_why[0] = ops.meta_why[0] = '\0';
+        ops.probe_started_ms = 0;
+        ops.last_ready = -1;
+        ready_publish_locked();
+        pthread_mutex_unlock(&ops.lock);
+        ops.http = ks_http_start(b->cfg->metrics_host, b->cfg->metrics_port, ks_metrics_default(), ready_check, NULL);
+        return ops.http ? 0 : -1;
+}
+
+/* Start-up is done: the stores answered during start-up; the probe thread
+ * keeps checking them.  0, or -1 (logged). */
+static int ops_serving(void)
+{
+        pthread_mutex_lock(&ops.lock);
+        ops.serving = true;
+        ops.store_ok = ops.meta_ok = true;
+        ks_metric_set(ks_std_metrics.objstore_up, 0, 1);
+        ks_metric_set(ks_std_metrics.metastore_up, 0, 1);
+        pthread_mutex_unlock(&ops.lock);
+        if (pthread_create(&ops.probe, NULL, probe_main, NULL) != 0) {
+                ks_log_error("thread_create_failed", "what=readiness_probe");
+                return -1;
+        }
+        pthread_setname_np(ops.probe, "ks-ready");
+        ops.probe_running = true;
+        pthread_mutex_lock(&ops.lock);
+        ready_publish_locked();
+        pthread_mutex_unlock(&ops.lock);
+        return 0;
+}
+
+/* Readiness drops and the probe thread ends (it uses the stores). */
+static void ops_stop_probe(void)
+{
+        pthread_mutex_lock(&ops.lock);
+        ops.stop = true;
+        ops.serving = false;
+        ready_publish_locked();
+        pthread_cond_broadcast(&ops.cond);
+        pthread_mutex_unlock(&ops.lock);
+        if (ops.probe_running) {
+                pthread_join(ops.probe, NULL);
+                ops.probe_running = false;
+        }
+}
+
+static void ops_stop_http(void)
+{
+        ks_http_stop(ops.http);
+        ops.http = NULL;
+        pthread_mutex_lock(&ops.lock);
+        ops.b = NULL;
+        pthread_mutex_unlock(&ops.lock);
+}
 
 static int make_dir(const char *path)
 {
@@ -144,6 +370,8 @@ int ks_broker_start(ks_broker_t *b, const ks_config_t *cfg)
 {
         memset(b, 0, sizeof(*b));
         b->cfg = cfg;
+        if (ops_start_http(b) != 0)
+                goto fail;
         if (open_metadata_store(b) != 0)
                 goto fail;
         ks_err_t err = ks_meta_open(b->kv, &b->meta);
@@ -164,15 +392,19 @@ int ks_broker_start(ks_broker_t *b, const ks_config_t *cfg)
         if (!b->workq)
                 goto fail;
         b->server = ks_server_new(cfg, ks_broker_dispatch, b);
-        if (!b->server || ks_server_start(b->server) != 0)
+        if (!b->server)
+                goto fail;
+        ks_server_set_on_complete(b->server, ks_broker_request_done, b);
+        if (ks_server_start(b->server) != 0 || ops_serving() != 0)
                 goto fail;
         ks_log_info("broker_started",
                     "mode=%s broker_id=%d listener=%s:%d advertised=%s:%d metadata=%s%s%s io_threads=%d "
-                    "cluster_id=%s",
+                    "cluster_id=%s metrics=%s:%d",
                     b->mode, cfg->broker_id, cfg->listen_host[0] ? cfg->listen_host : "0.0.0.0",
                     ks_server_port(b->server), cfg->advertised_host, cfg->advertised_port, b->kv->ops->name,
                     cfg->memory_metadata ? "" : ":", cfg->memory_metadata ? "" : cfg->data_dir, cfg->io_threads,
-                    ks_meta_cluster_id(b->meta));
+                    ks_meta_cluster_id(b->meta), cfg->metrics_host[0] ? cfg->metrics_host : "0.0.0.0",
+                    ks_http_port(ops.http));
         return 0;
 fail:
         ks_broker_stop(b);
@@ -181,7 +413,10 @@ fail:
 
 void ks_broker_stop(ks_broker_t *b)
 {
-        b->stopping = 1;
+        __atomic_store_n(&b->stopping, 1, __ATOMIC_RELAXED);
+        /* /readyz answers 503 from here on; the probe stops using the
+         * stores before they close. */
+        ops_stop_probe();
         if (b->workq) {
                 ks_workq_destroy(b->workq);
                 b->workq = NULL;
@@ -219,4 +454,6 @@ void ks_broker_stop(ks_broker_t *b)
                 ks_objstore_destroy(b->store);
                 b->store = NULL;
         }
+        /* Last, so /healthz and /metrics answer during a long shutdown. */
+        ops_stop_http();
 }

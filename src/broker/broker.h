@@ -68,6 +68,10 @@ const ks_handler_t *ks_handler_find(int16_t api_key);
 /* Server entry point (ks_dispatch_fn). */
 void ks_broker_dispatch(void *ctx, ks_req_t *req);
 
+/* The server's completion hook (request metrics: count, errors, latency by
+ * API key and version).  Runs on the request's I/O thread. */
+void ks_broker_request_done(void *ctx, const ks_req_t *req, int outcome);
+
 /* Runs fn(b, req) on the worker pool; on failure to queue, answers nothing
  * and closes the connection (logged). */
 void ks_broker_offload(ks_broker_t *b, ks_req_t *req, ks_handler_fn *fn);

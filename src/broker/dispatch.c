@@ -4,11 +4,18 @@
  * The table below is the single statement of what this broker implements:
  * ApiVersions advertises exactly its rows, and the dispatcher refuses every
  * other API key and version.  Runs on I/O threads.
+ *
+ * Request metrics: every request is counted in flight when dispatched; the
+ * server's completion hook (ks_broker_request_done) counts it by API key
+ * and version, as an error if it was answered by closing the connection,
+ * and observes its latency from arrival to completion.
  */
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "broker/broker.h"
+#include "metrics/metrics.h"
 #include "protocol/gen/kafka_msgs.h"
 #include "util/log.h"
 
@@ -57,9 +64,26 @@ const ks_handler_t *ks_handler_find(int16_t api_key)
         return NULL;
 }
 
+void ks_broker_request_done(void *ctx, const ks_req_t *req, int outcome)
+{
+        (void)ctx;
+        const ks_std_metrics_t *m = &ks_std_metrics;
+        int16_t key = req->hdr.RequestApiKey;
+        int kv = ks_metrics_api_version_series(key, req->hdr.RequestApiVersion);
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        int64_t ns = (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec - req->received_ns;
+        ks_metric_add(m->requests_inflight, 0, -1);
+        ks_metric_inc(m->requests, kv);
+        if (outcome == KS_REQ_OUTCOME_CLOSED)
+                ks_metric_inc(m->request_errors, kv);
+        ks_metric_observe(m->request_duration, ks_metrics_api_series(key), (double)(ns > 0 ? ns : 0) / 1e9);
+}
+
 void ks_broker_dispatch(void *ctx, ks_req_t *req)
 {
         ks_broker_t *b = ctx;
+        ks_metric_inc(ks_std_metrics.requests_inflight, 0);
         const ks_handler_t *h = ks_handler_find(req->hdr.RequestApiKey);
         int16_t v = req->hdr.RequestApiVersion;
         if (!h || !req->api) {

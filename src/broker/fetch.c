@@ -24,7 +24,9 @@
 #include <string.h>
 
 #include "broker/broker.h"
+#include "log/batch.h"
 #include "log/log.h"
+#include "metrics/metrics.h"
 #include "protocol/gen/kafka_msgs.h"
 #include "util/log.h"
 
@@ -92,9 +94,27 @@ static void unwatch_all(fetch_ctx_t *ctx)
         }
 }
 
+/* Counts the records and bytes a fetch returns (batch headers only). */
+static void fetch_count(const fetch_ctx_t *ctx)
+{
+        int64_t records = 0, bytes = 0;
+        for (int i = 0; i < ctx->nparts; i++) {
+                const ks_bytes_t *r = &ctx->parts[i].pd->Records;
+                size_t len = r->len > 0 ? (size_t)r->len : 0;
+                ks_batch_info_t bi;
+                for (size_t pos = 0; pos < len && ks_batch_header_parse(r->ptr + pos, len - pos, &bi) == 0;
+                     pos += bi.size)
+                        records += bi.records_count;
+                bytes += (int64_t)len;
+        }
+        ks_metric_add(ks_std_metrics.fetch_records, 0, records);
+        ks_metric_add(ks_std_metrics.fetch_bytes, 0, bytes);
+}
+
 static void fetch_answer(fetch_ctx_t *ctx)
 {
         ks_timer_cancel(ctx->loop, &ctx->timer);
+        fetch_count(ctx);
         unwatch_all(ctx);
         ks_req_t *req = ctx->req;
         ctx->req = NULL;

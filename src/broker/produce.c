@@ -19,6 +19,7 @@
 #include "broker/broker.h"
 #include "log/batch.h"
 #include "log/log.h"
+#include "metrics/metrics.h"
 #include "protocol/gen/kafka_msgs.h"
 #include "util/log.h"
 
@@ -68,6 +69,7 @@ static void produce_durable(void *opaque, ks_err_t err)
                 if (err) {
                         slot->pr->ErrorCode = ks_err_to_wire(err);
                         slot->pr->BaseOffset = -1;
+                        ks_metric_inc(ks_std_metrics.produce_errors, 0);
                 }
                 if (ctx->pending == 0)
                         produce_answer(ctx);
@@ -88,6 +90,7 @@ static void produce_timeout(ks_loop_t *loop, ks_timer_t *t)
                 if (slot->waiting) {
                         slot->pr->ErrorCode = KS_ERR_REQUEST_TIMED_OUT;
                         slot->pr->BaseOffset = -1;
+                        ks_metric_inc(ks_std_metrics.produce_errors, 0);
                 }
         }
         produce_answer(ctx);
@@ -177,6 +180,11 @@ void ks_handle_produce(ks_broker_t *b, ks_req_t *req)
                                                           infos, nb, &base, ctx->loop,
                                                           acks0 ? NULL : produce_durable, &slots[s]);
                                 if (!err) {
+                                        int64_t records = 0;
+                                        for (int k = 0; k < nb; k++)
+                                                records += infos[k].records_count;
+                                        ks_metric_add(ks_std_metrics.produce_records, 0, records);
+                                        ks_metric_add(ks_std_metrics.produce_bytes, 0, pd->Records.len);
                                         ks_partition_offsets_t po;
                                         ks_partition_offsets(p, &po);
                                         pr->LogStartOffset = po.log_start;
@@ -190,6 +198,7 @@ void ks_handle_produce(ks_broker_t *b, ks_req_t *req)
                         if (err) {
                                 pr->ErrorCode = ks_err_to_wire(err);
                                 pr->BaseOffset = -1;
+                                ks_metric_inc(ks_std_metrics.produce_errors, 0);
                                 if (msg[0])
                                         pr->ErrorMessage = ks_arena_str(&req->arena, "%s", msg);
                                 ks_log_debug("produce_rejected", "topic=%.*s partition=%d err=%s msg=\"%s\"",

@@ -1346,13 +1346,13 @@ void ks_groups_describe(ks_groups_t *g, ks_str_t group, bool include_ops, ks_are
         d->ProtocolType = KS_STR("");
         d->ProtocolData = KS_STR("");
         d->Members.count = 0;
-        if (include_ops)
-                d->AuthorizedOperations = GROUP_OPS;
         if (ks_group_id_check(group)) {
                 d->ErrorCode = KS_ERR_INVALID_GROUP_ID;
                 d->GroupState = KS_STR("");
-                return;
+                return; /* Kafka reports operations only without an error */
         }
+        if (include_ops)
+                d->AuthorizedOperations = GROUP_OPS;
         pthread_mutex_lock(&g->lock);
         group_t *gr = group_find(g, group);
         if (!gr) {

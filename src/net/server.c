@@ -26,8 +26,10 @@
 #include <sys/epoll.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
+#include <time.h>
 #include <unistd.h>
 
+#include "metrics/metrics.h"
 #include "util/log.h"
 
 enum { REQ_HANDLING = 0, REQ_DONE = 1, REQ_DONE_CLOSE = 2, REQ_DONE_SILENT = 3 };
@@ -74,6 +76,8 @@ struct ks_server {
         const ks_config_t *cfg;
         ks_dispatch_fn *dispatch;
         void *ctx;
+        ks_req_done_fn *on_complete; /* may be NULL */
+        void *on_complete_ctx;
         int listen_fd;
         int port;
         io_thread_t *threads;
@@ -140,6 +144,13 @@ static void req_completed_on_loop(ks_loop_t *loop, void *arg)
         (void)loop;
         ks_req_t *req = arg;
         ks_conn_t *c = req->conn;
+        if (c->srv->on_complete) {
+                int st = req->state;
+                int outcome = st == REQ_DONE_CLOSE    ? KS_REQ_OUTCOME_CLOSED
+                              : st == REQ_DONE_SILENT ? KS_REQ_OUTCOME_NO_RESPONSE
+                                                      : KS_REQ_OUTCOME_RESPONDED;
+                c->srv->on_complete(c->srv->on_complete_ctx, req, outcome);
+        }
         req->returned = true;
         c->outstanding--;
         if (c->closed) {
@@ -230,6 +241,8 @@ static void conn_close(ks_conn_t *c, const char *reason)
                 close(c->fd);
                 c->fd = -1;
                 __atomic_sub_fetch(&c->srv->nconns, 1, __ATOMIC_SEQ_CST);
+                ks_metric_add(ks_std_metrics.conns_open, 0, -1);
+                ks_metric_inc(ks_std_metrics.conns_closed, 0);
                 /* Free what came back; requests still held by handlers stay
                  * listed and are freed by req_completed_on_loop(). */
                 ks_req_t *r = c->head;
@@ -331,6 +344,7 @@ static void conn_flush(ks_conn_t *c)
                         return;
                 }
                 c->last_active_ms = ks_loop_now_ms();
+                ks_metric_add(ks_std_metrics.net_tx_bytes, 0, (int64_t)n);
                 size_t left = (size_t)n;
                 c->pending_out -= left < c->pending_out ? left : c->pending_out;
                 while (c->head) {
@@ -371,6 +385,7 @@ static void conn_start_request(ks_conn_t *c, uint8_t *frame, size_t frame_len)
         size_t body_off;
         if (ks_req_header_parse(body, len, &hdr, &body_off) != 0) {
                 free(frame);
+                ks_metric_inc(ks_std_metrics.frame_errors, 0);
                 conn_close(c, "malformed request header");
                 return;
         }
@@ -387,6 +402,9 @@ static void conn_start_request(ks_conn_t *c, uint8_t *frame, size_t frame_len)
         req->body_len = len - body_off;
         req->conn = c;
         req->received_ms = ks_loop_now_ms();
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        req->received_ns = (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
         memcpy(req->peer, c->peer, sizeof(req->peer));
         ks_arena_init(&req->arena, 4096);
         ks_wbuf_init(&req->out);
@@ -417,6 +435,7 @@ static int conn_process_input(ks_conn_t *c)
                         char why[96];
                         snprintf(why, sizeof(why), "invalid frame size %d (limit %lld)", size,
                                  (long long)c->srv->cfg->max_request_bytes);
+                        ks_metric_inc(ks_std_metrics.frame_errors, 0);
                         conn_close(c, why);
                         return -1;
                 }
@@ -508,6 +527,7 @@ static void conn_on_readable(ks_conn_t *c)
                 }
                 c->rlen += (size_t)n;
                 c->last_active_ms = ks_loop_now_ms();
+                ks_metric_add(ks_std_metrics.net_rx_bytes, 0, (int64_t)n);
                 if (conn_process_input(c) < 0)
                         return;
                 conn_update_events(c);
@@ -570,6 +590,7 @@ static void listen_cb(ks_loop_t *loop, void *opaque, uint32_t events)
                 format_peer(&ss, peer, sizeof(peer));
                 if (__atomic_add_fetch(&srv->nconns, 1, __ATOMIC_SEQ_CST) > srv->cfg->max_connections) {
                         __atomic_sub_fetch(&srv->nconns, 1, __ATOMIC_SEQ_CST);
+                        ks_metric_inc(ks_std_metrics.conns_refused, 0);
                         ks_log_warn("connection_refused", "peer=%s reason=\"KAFSCALE_MAX_CONNECTIONS=%d reached\"",
                                     peer, srv->cfg->max_connections);
                         close(fd);
@@ -599,6 +620,8 @@ static void listen_cb(ks_loop_t *loop, void *opaque, uint32_t events)
                 if (t->conns)
                         t->conns->prev_conn = c;
                 t->conns = c;
+                ks_metric_inc(ks_std_metrics.conns_open, 0);
+                ks_metric_inc(ks_std_metrics.conns_accepted, 0);
                 ks_log_debug("connection_accepted", "peer=%s loop=%d", peer, t->index);
         }
 }
@@ -702,6 +725,12 @@ static int bind_listener(ks_server_t *srv)
         freeaddrinfo(res);
         srv->listen_fd = fd;
         return 0;
+}
+
+void ks_server_set_on_complete(ks_server_t *srv, ks_req_done_fn *fn, void *ctx)
+{
+        srv->on_complete = fn;
+        srv->on_complete_ctx = ctx;
 }
 
 int ks_server_start(ks_server_t *srv)

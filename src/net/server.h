@@ -40,6 +40,7 @@ struct ks_req {
         void *request;              /* decoded body, set by the dispatcher (arena) */
         ks_arena_t arena;           /* freed with the request */
         int64_t received_ms;        /* monotonic */
+        int64_t received_ns;        /* monotonic, precise (request latency metrics) */
         char peer[64];              /* "ip:port" of the client */
 
         /* Private to the server. */
@@ -55,9 +56,25 @@ struct ks_req {
 /* Called on the connection's loop thread for each complete request. */
 typedef void(ks_dispatch_fn)(void *ctx, ks_req_t *req);
 
+/* How a request completed, as told to the completion hook. */
+enum {
+        KS_REQ_OUTCOME_RESPONDED = 0,   /* ks_req_respond / ks_req_respond_version */
+        KS_REQ_OUTCOME_NO_RESPONSE = 1, /* ks_req_respond_none (Produce acks=0) */
+        KS_REQ_OUTCOME_CLOSED = 2,      /* ks_req_close, or the response did not encode */
+};
+
+/* Called once per request when its handler has completed it, on the
+ * connection's loop thread, before its response is written (the request
+ * may be freed right after the call: read what you need, keep nothing).
+ * Must be quick and must not block or complete requests. */
+typedef void(ks_req_done_fn)(void *ctx, const ks_req_t *req, int outcome);
+
 /* Creates the server (does not bind yet).  `cfg` is borrowed and must
  * outlive the server. */
 ks_server_t *ks_server_new(const ks_config_t *cfg, ks_dispatch_fn *dispatch, void *ctx);
+
+/* Installs the completion hook (call before ks_server_start). */
+void ks_server_set_on_complete(ks_server_t *srv, ks_req_done_fn *fn, void *ctx);
 
 /* Binds the listener and starts the I/O threads.  0, or -1 (logged). */
 int ks_server_start(ks_server_t *srv);
