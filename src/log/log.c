@@ -58,6 +58,8 @@ typedef struct segdata {
         int64_t max_ts, max_ts_offset;
         int64_t first_append_ms; /* monotonic */
 
+        struct segdata *next_sealed; /* queue of sealed chunks (partition lock) */
+
         /* Cache linkage (cache_lock). */
         struct segdata *lru_prev, *lru_next;
         bool in_lru;
@@ -100,6 +102,8 @@ struct ks_partition {
         int nsegs, segcap;
         segdata_t *active;   /* accepting appends */
         segdata_t *flushing; /* sealed, being uploaded (one at a time) */
+        segdata_t *sealed_head, *sealed_tail; /* full chunks waiting for their upload, in offset order */
+        size_t sealed_bytes;
         bool uploading;
         int failures;
         bool storage_failing;
@@ -386,6 +390,31 @@ static void partition_ref(ks_partition_t *p)
         __atomic_add_fetch(&p->refs, 1, __ATOMIC_RELAXED);
 }
 
+/* Moves the active chunk to the end of the sealed queue (p->lock held). */
+static void seal_active_locked(ks_partition_t *p)
+{
+        segdata_t *d = p->active;
+        p->active = NULL;
+        if (p->sealed_tail)
+                p->sealed_tail->next_sealed = d;
+        else
+                p->sealed_head = d;
+        p->sealed_tail = d;
+        p->sealed_bytes += d->len;
+}
+
+/* Releases every sealed chunk (their offsets were never acknowledged). */
+static void drop_sealed(ks_partition_t *p)
+{
+        while (p->sealed_head) {
+                segdata_t *d = p->sealed_head;
+                p->sealed_head = d->next_sealed;
+                segdata_unref(d);
+        }
+        p->sealed_tail = NULL;
+        p->sealed_bytes = 0;
+}
+
 static void partition_free(ks_partition_t *p)
 {
         for (int i = 0; i < p->nsegs; i++)
@@ -393,6 +422,7 @@ static void partition_free(ks_partition_t *p)
         free(p->segs);
         segdata_unref(p->active);
         segdata_unref(p->flushing);
+        drop_sealed(p);
         pthread_mutex_destroy(&p->lock);
         pthread_cond_destroy(&p->idle_cond);
         free(p);
@@ -555,6 +585,14 @@ static void flush_due(ks_log_t *log, ks_partition_t *p)
                 /* The completion reschedules. */
         } else if (p->flushing) {
                 go = true; /* a retry */
+        } else if (p->sealed_head) {
+                p->flushing = p->sealed_head;
+                p->sealed_head = p->flushing->next_sealed;
+                if (!p->sealed_head)
+                        p->sealed_tail = NULL;
+                p->flushing->next_sealed = NULL;
+                p->sealed_bytes -= p->flushing->len;
+                go = true;
         } else if (p->active && p->active->nb > 0) {
                 p->flushing = p->active;
                 p->active = NULL;
@@ -807,7 +845,9 @@ static void upload_job(void *arg)
                 p->storage_failing = false;
                 pw = take_durable_waiters(p);
                 fw = take_fetch_waiters(p);
-                if (p->active && p->active->nb > 0) {
+                if (p->sealed_head) {
+                        next_flush = 0; /* full chunks are waiting */
+                } else if (p->active && p->active->nb > 0) {
                         next_flush = p->active->first_append_ms + log->cfg.flush_interval_ms;
                         if ((int64_t)p->active->len >= p->flush_bytes)
                                 next_flush = 0;
@@ -820,6 +860,7 @@ static void upload_job(void *arg)
                              (long long)d->base);
                 segdata_unref(p->flushing);
                 p->flushing = NULL;
+                drop_sealed(p);
                 segdata_unref(p->active);
                 p->active = NULL;
                 p->next = p->hwm;
@@ -873,7 +914,7 @@ ks_err_t ks_partition_append(ks_partition_t *p, uint8_t *buf, size_t len, const 
         }
         pthread_mutex_lock(&p->lock);
         ks_err_t err = 0;
-        size_t buffered = (p->active ? p->active->len : 0) + (p->flushing ? p->flushing->len : 0);
+        size_t buffered = (p->active ? p->active->len : 0) + (p->flushing ? p->flushing->len : 0) + p->sealed_bytes;
         if (p->dropped) {
                 err = KS_ERR_UNKNOWN_TOPIC_OR_PARTITION;
         } else if (p->storage_failing) {
@@ -915,10 +956,15 @@ ks_err_t ks_partition_append(ks_partition_t *p, uint8_t *buf, size_t len, const 
         }
         int64_t at = -1;
         if (!err && p->active) {
-                if ((int64_t)p->active->len >= p->flush_bytes)
+                if ((int64_t)p->active->len >= p->flush_bytes) {
+                        /* Full: seal it now, so a segment never grows past
+                         * the target while it waits for the scheduler or
+                         * for an earlier upload. */
+                        seal_active_locked(p);
                         at = 0;
-                else if (first)
+                } else if (first) {
                         at = p->active->first_append_ms + log->cfg.flush_interval_ms;
+                }
         }
         pthread_mutex_unlock(&p->lock);
         free(w);
@@ -1566,7 +1612,8 @@ void ks_log_close(ks_log_t *log)
                         for (int32_t j = 0; j < te->nparts; j++) {
                                 ks_partition_t *p = te->parts[j];
                                 pthread_mutex_lock(&p->lock);
-                                bool pending = !p->dropped && ((p->active && p->active->nb > 0) || p->flushing);
+                                bool pending = !p->dropped &&
+                                               ((p->active && p->active->nb > 0) || p->flushing || p->sealed_head);
                                 pthread_mutex_unlock(&p->lock);
                                 if (pending) {
                                         busy = true;

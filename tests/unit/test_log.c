@@ -428,3 +428,44 @@ TEST(log_retention_deletes_oldest_segments)
         ks_partition_release(p);
         fixture_destroy(&f);
 }
+
+TEST(log_segments_stay_near_target_while_uploads_are_slow)
+{
+        fixture_t f;
+        REQUIRE(fixture_init(&f, 64 << 20));
+        /* Small target, slow uploads: appends keep arriving while a flush
+         * is in flight; full chunks are sealed and wait their turn. */
+        f.topic.segment_bytes = 4096;
+        ks_log_topic_configure(f.log, &f.topic);
+        __atomic_store_n(&f.faults.put_delay_ms, 20, __ATOMIC_SEQ_CST);
+        acks_t a = { 0, 0 };
+        int64_t base, expect = 0;
+        for (int i = 0; i < 60; i++) {
+                REQUIRE_EQ_INT(append(&f, 1, 20, &a, &base), 0);
+                CHECK_EQ_INT(base, expect);
+                expect += 20;
+        }
+        REQUIRE(wait_acks(&a, 60));
+        CHECK_EQ_INT(a.ok, 60);
+        ks_objlist_t l;
+        REQUIRE_EQ_INT(ks_objstore_list(f.inner, "default/t/1/", &l), 0);
+        int kfs = 0;
+        int64_t biggest = 0, batch = 0;
+        uint8_t probe[4096];
+        batch = (int64_t)build_batch(probe, 20, 0);
+        for (size_t i = 0; i < l.count; i++) {
+                if (!strstr(l.items[i].key, ".kfs"))
+                        continue;
+                kfs++;
+                if (l.items[i].size > biggest)
+                        biggest = l.items[i].size;
+        }
+        ks_objlist_free(&l);
+        /* At most one batch over the target, plus header and footer. */
+        CHECK(biggest <= 4096 + batch + 48);
+        CHECK(kfs >= 60 * batch / (4096 + batch));
+        bool contiguous;
+        CHECK_EQ_INT(read_all(&f, 1, &contiguous), 1200);
+        CHECK(contiguous);
+        fixture_destroy(&f);
+}
