@@ -1101,8 +1101,107 @@ static ks_err_t load_segment(ks_partition_t *p, int64_t base, segdata_t **pin)
         return 0;
 }
 
+/* Reads, through its index, a window of a large segment: whole batches
+ * from the one holding `offset`, each CRC-verified.  The window is pinned
+ * for the caller only; the cache keeps whole segments.  BLOCKING. */
+static ks_err_t load_range(ks_partition_t *p, const ks_seg_meta_t *m, int64_t offset, segdata_t **pin)
+{
+        ks_log_t *log = p->log;
+        int64_t window = log->cfg.ranged_read_window > 0 ? log->cfg.ranged_read_window : (1 << 20);
+        char key[512];
+        ks_segment_key(key, sizeof(key), log->ns, p->topic, p->index, m->base_offset, KS_SEGMENT_EXT_INDEX);
+        ks_objbuf_t ib = { 0 };
+        ks_err_t err = ks_objstore_get(log->store, key, 0, -1, &ib);
+        if (err)
+                return err;
+        ks_index_view_t iv;
+        int64_t at_offset;
+        int32_t pos32;
+        if (ks_index_parse(ib.data, ib.len, &iv) != 0 || ks_index_lookup(&iv, offset, &at_offset, &pos32) != 0) {
+                ks_log_error("segment_corrupt", "key=%s reason=\"index unusable\" action=not_served", key);
+                ks_objbuf_free(&ib);
+                return KS_ERR__CORRUPT;
+        }
+        ks_objbuf_free(&ib);
+        ks_segment_key(key, sizeof(key), log->ns, p->topic, p->index, m->base_offset, KS_SEGMENT_EXT_KFS);
+        int64_t pos = pos32, body_end = m->size_bytes - KS_SEGMENT_FOOTER_SIZE;
+        for (;;) {
+                int64_t want = body_end - pos < window ? body_end - pos : window;
+                if (want < KS_BATCH_HEADER_SIZE)
+                        break;
+                ks_objbuf_t ob = { 0 };
+                err = ks_objstore_get(log->store, key, pos, want, &ob);
+                if (err)
+                        return err;
+                size_t used = 0;
+                int64_t first = -1, next = -1;
+                bool holds = false;
+                while (used < ob.len) {
+                        ks_batch_info_t bi;
+                        if (ks_batch_header_parse(ob.data + used, ob.len - used, &bi) != 0)
+                                break; /* a batch cut by the window end */
+                        if (bi.size > ob.len - used) {
+                                if (used == 0 && (int64_t)bi.size > want) {
+                                        window = (int64_t)bi.size; /* one batch larger than the window */
+                                }
+                                break;
+                        }
+                        if (ks_batch_crc_compute(ob.data + used, bi.size) != bi.crc) {
+                                ks_log_error("segment_corrupt", "key=%s reason=\"batch CRC mismatch at offset %lld\" "
+                                                                "action=not_served",
+                                             key, (long long)bi.base_offset);
+                                ks_objbuf_free(&ob);
+                                return KS_ERR__CORRUPT;
+                        }
+                        if (first < 0)
+                                first = bi.base_offset;
+                        next = bi.base_offset + bi.last_offset_delta + 1;
+                        if (bi.base_offset <= offset && offset < next)
+                                holds = true;
+                        used += bi.size;
+                }
+                if (used == 0) {
+                        ks_objbuf_free(&ob);
+                        if ((int64_t)window > want && want < body_end - pos)
+                                continue; /* retry with the larger window */
+                        return KS_ERR__CORRUPT;
+                }
+                if (holds || next > offset) {
+                        segdata_t *d = NULL;
+                        err = segdata_from_body(ob.data, used, first, &d);
+                        ks_objbuf_free(&ob);
+                        if (err)
+                                return err;
+                        *pin = d;
+                        return 0;
+                }
+                ks_objbuf_free(&ob);
+                pos += (int64_t)used; /* the index entry was further back: read on */
+        }
+        return KS_ERR__NOT_FOUND;
+}
+
 ks_err_t ks_partition_load_for_read(ks_partition_t *p, int64_t offset, ks_segref_t **pin)
 {
+        /* Large segments are read in windows through their index. */
+        int64_t ranged_min = p->log->cfg.ranged_read_min_bytes > 0 ? p->log->cfg.ranged_read_min_bytes : (8 << 20);
+        ks_seg_meta_t m;
+        bool ranged = false;
+        pthread_mutex_lock(&p->lock);
+        int si = seg_find_locked(p, offset);
+        if (si >= 0 && !p->segs[si].data && pin && p->segs[si].m.size_bytes > ranged_min &&
+            p->segs[si].m.index_size_bytes > 0) {
+                m = p->segs[si].m;
+                ranged = true;
+        }
+        pthread_mutex_unlock(&p->lock);
+        if (ranged) {
+                segdata_t *d = NULL;
+                ks_err_t err = load_range(p, &m, offset, &d);
+                *pin = (ks_segref_t *)d;
+                return err ? err : (d ? 0 : KS_ERR__NOT_FOUND);
+        }
+
         int64_t bases[17];
         int n = 0;
         segdata_t *cached = NULL;

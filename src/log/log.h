@@ -51,6 +51,8 @@ typedef struct ks_log_config {
         int upload_threads;          /* parallel uploads (and cold reads) */
         int32_t max_batch_bytes;     /* largest accepted record batch */
         int64_t retention_check_ms;  /* how often retention is enforced (0: never) */
+        int64_t ranged_read_min_bytes; /* cold reads of larger segments use ranged GETs (0: 8 MiB) */
+        int64_t ranged_read_window;    /* bytes per ranged GET (0: 1 MiB) */
 } ks_log_config_t;
 
 /* Creates the log manager.  `store`, `meta` are borrowed and must outlive

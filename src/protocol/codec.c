@@ -803,7 +803,7 @@ static bool api_version_ok(const ks_api_desc_t *api, int16_t version)
 }
 
 static ks_err_t api_decode(const ks_api_desc_t *api, const ks_struct_desc_t *d, int16_t version,
-                           const uint8_t *buf, size_t len, ks_arena_t *arena, void **out)
+                           const uint8_t *buf, size_t len, bool allow_trailing, ks_arena_t *arena, void **out)
 {
         *out = NULL;
         if (!api_version_ok(api, version))
@@ -811,8 +811,9 @@ static ks_err_t api_decode(const ks_api_desc_t *api, const ks_struct_desc_t *d, 
         void *msg = ks_arena_alloc(arena, d->size);
         if (!msg)
                 return KS_ERR__NOMEM;
+        size_t used = 0;
         ks_err_t err = ks_msg_decode(d, version, ks_api_flexible(api, version), buf, len,
-                                     arena, msg, NULL);
+                                     arena, msg, allow_trailing ? &used : NULL);
         if (err)
                 return err;
         *out = msg;
@@ -822,13 +823,15 @@ static ks_err_t api_decode(const ks_api_desc_t *api, const ks_struct_desc_t *d, 
 ks_err_t ks_request_decode(const ks_api_desc_t *api, int16_t version, const uint8_t *buf,
                            size_t len, ks_arena_t *arena, void **req_out)
 {
-        return api_decode(api, api ? api->request : NULL, version, buf, len, arena, req_out);
+        /* Apache Kafka ignores bytes after a request body, and some clients
+         * send them (librdkafka 2.0's ListGroups v4 adds a stray 0). */
+        return api_decode(api, api ? api->request : NULL, version, buf, len, true, arena, req_out);
 }
 
 ks_err_t ks_response_decode(const ks_api_desc_t *api, int16_t version, const uint8_t *buf,
                             size_t len, ks_arena_t *arena, void **resp_out)
 {
-        return api_decode(api, api ? api->response : NULL, version, buf, len, arena, resp_out);
+        return api_decode(api, api ? api->response : NULL, version, buf, len, false, arena, resp_out);
 }
 
 ks_err_t ks_request_encode(const ks_api_desc_t *api, int16_t version, const void *req,

@@ -207,8 +207,9 @@ static inline bool ks_api_flexible(const ks_api_desc_t *api, int16_t version)
 
 /* Convenience wrappers taking an API descriptor (flexible = version >=
  * api->first_flexible).  The *_decode functions allocate the message struct
- * in @arena, decode the whole buffer (trailing bytes are a parse error) and
- * return it in *out.  A version outside [min_version, max_version] returns
+ * in @arena, decode the buffer and return it in *out.  Bytes after a
+ * request body are ignored, as Apache Kafka does (some clients send them);
+ * bytes after a response body are a parse error.  A version outside [min_version, max_version] returns
  * KS_ERR_UNSUPPORTED_VERSION without touching the input. */
 ks_err_t ks_request_decode(const ks_api_desc_t *api, int16_t version, const uint8_t *buf,
                            size_t len, ks_arena_t *arena, void **req_out);

@@ -469,3 +469,31 @@ TEST(log_segments_stay_near_target_while_uploads_are_slow)
         CHECK(contiguous);
         fixture_destroy(&f);
 }
+
+TEST(log_cold_reads_of_large_segments_use_ranged_gets)
+{
+        fixture_t f;
+        REQUIRE(fixture_init(&f, 0));
+        acks_t a = { 0, 0 };
+        int64_t base;
+        /* One big segment: 40 batches flushed together. */
+        __atomic_store_n(&f.faults.put_delay_ms, 30, __ATOMIC_SEQ_CST);
+        REQUIRE_EQ_INT(append(&f, 0, 5, &a, &base), 0); /* occupies the uploader */
+        for (int i = 0; i < 40; i++)
+                REQUIRE_EQ_INT(append(&f, 0, 10, &a, &base), 0);
+        REQUIRE(wait_acks(&a, 41));
+        __atomic_store_n(&f.faults.put_delay_ms, 0, __ATOMIC_SEQ_CST);
+        ks_log_close(f.log);
+
+        /* Reopen: segments above 1000 bytes are read in 600-byte windows. */
+        f.cfg.ranged_read_min_bytes = 1000;
+        f.cfg.ranged_read_window = 600;
+        REQUIRE(fixture_open_log(&f));
+        int gets0 = __atomic_load_n(&f.faults.gets, __ATOMIC_SEQ_CST);
+        bool contiguous;
+        CHECK_EQ_INT(read_all(&f, 0, &contiguous), 405);
+        CHECK(contiguous);
+        /* Many small GETs (index + windows), not one per segment. */
+        CHECK(__atomic_load_n(&f.faults.gets, __ATOMIC_SEQ_CST) - gets0 > 4);
+        fixture_destroy(&f);
+}
