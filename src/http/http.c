@@ -8,6 +8,7 @@
  * readiness comes from the caller's cached state, /metrics renders atomics.
  */
 #include "http/http.h"
+#include "net/listen.h"
 
 #include <errno.h>
 #include <netdb.h>
@@ -105,56 +106,6 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char
         return reply_text(conn, MHD_HTTP_NOT_FOUND, "not found: try /metrics, /healthz or /readyz\n");
 }
 
-/* Binds and listens on host:port; the fd, or -1 (logged). */
-static int bind_listener(const char *host, int port, int *bound_port, int *family)
-{
-        struct addrinfo hints = { 0 }, *res = NULL;
-        hints.ai_family = AF_UNSPEC;
-        hints.ai_socktype = SOCK_STREAM;
-        hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
-        char portstr[16];
-        snprintf(portstr, sizeof(portstr), "%d", port);
-        int rc = getaddrinfo(host && host[0] ? host : NULL, portstr, &hints, &res);
-        if (rc != 0) {
-                ks_log_error("metrics_listen_failed", "host=\"%s\" port=%d err=\"%s\" fix=\"check KAFSCALE_METRICS_ADDR\"",
-                             host ? host : "", port, gai_strerror(rc));
-                return -1;
-        }
-        struct addrinfo *ai = res;
-        for (struct addrinfo *it = res; it; it = it->ai_next)
-                if (it->ai_family == AF_INET) {
-                        ai = it;
-                        break;
-                }
-        int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-        if (fd < 0) {
-                ks_log_error("metrics_listen_failed", "errno=%d err=\"%s\"", errno, strerror(errno));
-                freeaddrinfo(res);
-                return -1;
-        }
-        int one = 1;
-        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-        if (bind(fd, ai->ai_addr, ai->ai_addrlen) != 0 || listen(fd, 64) != 0) {
-                int e = errno;
-                ks_log_error("metrics_listen_failed", "addr=\"%s:%d\" errno=%d err=\"%s\" fix=\"choose a free port "
-                                                      "with KAFSCALE_METRICS_ADDR\"",
-                             host ? host : "", port, e, strerror(e));
-                close(fd);
-                freeaddrinfo(res);
-                return -1;
-        }
-        *family = ai->ai_family;
-        freeaddrinfo(res);
-        struct sockaddr_storage ss;
-        socklen_t sl = sizeof(ss);
-        if (getsockname(fd, (struct sockaddr *)&ss, &sl) == 0)
-                *bound_port = ntohs(ss.ss_family == AF_INET ? ((struct sockaddr_in *)&ss)->sin_port
-                                                            : ((struct sockaddr_in6 *)&ss)->sin6_port);
-        else
-                *bound_port = port;
-        return fd;
-}
-
 ks_http_t *ks_http_start(const char *host, int port, ks_metrics_t *metrics, ks_ready_fn *ready, void *opaque)
 {
         ks_http_t *h = calloc(1, sizeof(*h));
@@ -166,7 +117,7 @@ ks_http_t *ks_http_start(const char *host, int port, ks_metrics_t *metrics, ks_r
         h->ready = ready;
         h->opaque = opaque;
         int family = AF_INET;
-        int fd = bind_listener(host, port, &h->port, &family);
+        int fd = ks_listen_tcp(host, port, 64, "metrics_listen_failed", "KAFSCALE_METRICS_ADDR", &h->port, &family);
         if (fd < 0) {
                 free(h);
                 return NULL;

@@ -240,6 +240,31 @@ static ks_err_t partition_state_encode(const char *topic, int32_t partition, uin
         return 0;
 }
 
+/* Fills the puts that create partitions [from, from + n) of `topic`: a
+ * PartitionState and a next offset of 0 each (ops[2i], ops[2i+1]), keys in
+ * keys[2i..], encoded states in bufs[i] (the caller frees them). */
+static ks_err_t new_partition_ops(const char *topic, int32_t from, int32_t n, char (*keys)[300], uint8_t **bufs,
+                                  ks_kv_op_t *ops)
+{
+        for (int32_t i = 0; i < n; i++) {
+                int32_t p = from + i;
+                char suffix[64];
+                size_t plen;
+                snprintf(suffix, sizeof(suffix), "partitions/%d", p);
+                int kl = topic_key(keys[2 * i], sizeof(keys[0]), topic, suffix);
+                ks_err_t err = partition_state_encode(topic, p, &bufs[i], &plen);
+                if (err)
+                        return err;
+                ops[2 * i] = (ks_kv_op_t){ .type = KS_KV_OP_PUT, .key = keys[2 * i], .key_len = (size_t)kl,
+                                           .value = bufs[i], .value_len = plen };
+                snprintf(suffix, sizeof(suffix), "partitions/%d/next_offset", p);
+                kl = topic_key(keys[2 * i + 1], sizeof(keys[0]), topic, suffix);
+                ops[2 * i + 1] = (ks_kv_op_t){ .type = KS_KV_OP_PUT, .key = keys[2 * i + 1], .key_len = (size_t)kl,
+                                               .value = "0", .value_len = 1 };
+        }
+        return 0;
+}
+
 /* ------------------------------------------------------------------------ */
 /* Registry (caller holds the write lock)                                    */
 
@@ -499,21 +524,8 @@ ks_err_t ks_meta_topic_create(ks_meta_t *m, ks_topic_t *t)
                 ops[0] = (ks_kv_op_t){ .type = KS_KV_OP_PUT, .key = cfg_key, .key_len = (size_t)cfg_len,
                                        .value = bufs[0], .value_len = len };
         }
-        for (int32_t p = 0; !err && p < t->partitions; p++) {
-                char suffix[64];
-                size_t plen;
-                snprintf(suffix, sizeof(suffix), "partitions/%d", p);
-                int kl = topic_key(keys[2 * p], sizeof(keys[0]), t->name, suffix);
-                err = partition_state_encode(t->name, p, &bufs[1 + p], &plen);
-                if (err)
-                        break;
-                ops[1 + 2 * p] = (ks_kv_op_t){ .type = KS_KV_OP_PUT, .key = keys[2 * p], .key_len = (size_t)kl,
-                                               .value = bufs[1 + p], .value_len = plen };
-                snprintf(suffix, sizeof(suffix), "partitions/%d/next_offset", p);
-                kl = topic_key(keys[2 * p + 1], sizeof(keys[0]), t->name, suffix);
-                ops[2 + 2 * p] = (ks_kv_op_t){ .type = KS_KV_OP_PUT, .key = keys[2 * p + 1], .key_len = (size_t)kl,
-                                               .value = "0", .value_len = 1 };
-        }
+        if (!err)
+                err = new_partition_ops(t->name, 0, t->partitions, keys, bufs + 1, ops + 1);
         bool ok = false;
         int64_t rev = 0;
         if (!err) {
@@ -663,22 +675,8 @@ ks_err_t ks_meta_topic_add_partitions(ks_meta_t *m, ks_topic_t *t, int32_t count
         if (!err)
                 ops[0] = (ks_kv_op_t){ .type = KS_KV_OP_PUT, .key = cfg_key, .key_len = (size_t)cfg_len,
                                        .value = bufs[0], .value_len = len };
-        for (size_t i = 0; !err && i < added; i++) {
-                int32_t p = from + (int32_t)i;
-                char suffix[64];
-                size_t plen;
-                snprintf(suffix, sizeof(suffix), "partitions/%d", p);
-                int kl = topic_key(keys[2 * i], sizeof(keys[0]), t->name, suffix);
-                err = partition_state_encode(t->name, p, &bufs[1 + i], &plen);
-                if (err)
-                        break;
-                ops[1 + 2 * i] = (ks_kv_op_t){ .type = KS_KV_OP_PUT, .key = keys[2 * i], .key_len = (size_t)kl,
-                                               .value = bufs[1 + i], .value_len = plen };
-                snprintf(suffix, sizeof(suffix), "partitions/%d/next_offset", p);
-                kl = topic_key(keys[2 * i + 1], sizeof(keys[0]), t->name, suffix);
-                ops[2 + 2 * i] = (ks_kv_op_t){ .type = KS_KV_OP_PUT, .key = keys[2 * i + 1], .key_len = (size_t)kl,
-                                               .value = "0", .value_len = 1 };
-        }
+        if (!err)
+                err = new_partition_ops(t->name, from, (int32_t)added, keys, bufs + 1, ops + 1);
         bool ok = false;
         int64_t rev = 0;
         if (!err) {

@@ -14,9 +14,10 @@
  */
 #include "net/server.h"
 
+#include "net/listen.h"
+
 #include <arpa/inet.h>
 #include <errno.h>
-#include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <pthread.h>
@@ -681,50 +682,9 @@ ks_server_t *ks_server_new(const ks_config_t *cfg, ks_dispatch_fn *dispatch, voi
 static int bind_listener(ks_server_t *srv)
 {
         const ks_config_t *cfg = srv->cfg;
-        struct addrinfo hints = { 0 }, *res = NULL;
-        hints.ai_family = AF_UNSPEC;
-        hints.ai_socktype = SOCK_STREAM;
-        hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
-        char port[16];
-        snprintf(port, sizeof(port), "%d", cfg->listen_port);
-        const char *host = cfg->listen_host[0] ? cfg->listen_host : NULL;
-        int rc = getaddrinfo(host, port, &hints, &res);
-        if (rc != 0) {
-                ks_log_error("listen_failed", "host=\"%s\" port=%d err=\"%s\" fix=\"check KAFSCALE_BROKER_ADDR\"",
-                             cfg->listen_host, cfg->listen_port, gai_strerror(rc));
-                return -1;
-        }
-        /* Prefer IPv4 for the wildcard (0.0.0.0), as Kafka does by default. */
-        struct addrinfo *ai = res;
-        for (struct addrinfo *it = res; it; it = it->ai_next)
-                if (it->ai_family == AF_INET) {
-                        ai = it;
-                        break;
-                }
-        int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-        if (fd < 0) {
-                ks_log_error("socket_failed", "errno=%d err=\"%s\"", errno, strerror(errno));
-                freeaddrinfo(res);
-                return -1;
-        }
-        int one = 1;
-        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-        if (bind(fd, ai->ai_addr, ai->ai_addrlen) != 0 || listen(fd, 1024) != 0) {
-                ks_log_error("listen_failed", "addr=\"%s:%d\" errno=%d err=\"%s\" fix=\"choose a free port with "
-                                              "KAFSCALE_BROKER_ADDR\"",
-                             cfg->listen_host, cfg->listen_port, errno, strerror(errno));
-                close(fd);
-                freeaddrinfo(res);
-                return -1;
-        }
-        struct sockaddr_storage ss;
-        socklen_t sl = sizeof(ss);
-        getsockname(fd, (struct sockaddr *)&ss, &sl);
-        srv->port = ntohs(ss.ss_family == AF_INET ? ((struct sockaddr_in *)&ss)->sin_port
-                                                  : ((struct sockaddr_in6 *)&ss)->sin6_port);
-        freeaddrinfo(res);
-        srv->listen_fd = fd;
-        return 0;
+        srv->listen_fd = ks_listen_tcp(cfg->listen_host, cfg->listen_port, 1024, "listen_failed",
+                                       "KAFSCALE_BROKER_ADDR", &srv->port, NULL);
+        return srv->listen_fd >= 0 ? 0 : -1;
 }
 
 void ks_server_set_on_complete(ks_server_t *srv, ks_req_done_fn *fn, void *ctx)
