@@ -6,6 +6,7 @@
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/resource.h>
 
 #include "broker/broker.h"
 #include "config/config.h"
@@ -32,6 +33,22 @@ int main(int argc, char **argv)
         }
         ks_log_set_level(cfg.log_level);
         ks_config_warn_unknown();
+
+        /* Every connection is a descriptor: take what the hard limit allows,
+         * and say so if KAFSCALE_MAX_CONNECTIONS cannot be reached. */
+        struct rlimit rl;
+        if (getrlimit(RLIMIT_NOFILE, &rl) == 0) {
+                if (rl.rlim_cur < rl.rlim_max) {
+                        rl.rlim_cur = rl.rlim_max;
+                        setrlimit(RLIMIT_NOFILE, &rl);
+                        getrlimit(RLIMIT_NOFILE, &rl);
+                }
+                if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < (rlim_t)cfg.max_connections + 256)
+                        ks_log_warn("open_files_limit_low", "limit=%llu max_connections=%d hint=\"connections beyond "
+                                                            "the limit are refused for a moment at a time; raise "
+                                                            "ulimit -n or lower KAFSCALE_MAX_CONNECTIONS\"",
+                                    (unsigned long long)rl.rlim_cur, cfg.max_connections);
+        }
 
         /* Block the signals in every thread; the main thread waits for them. */
         sigset_t sigs;

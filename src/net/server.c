@@ -38,6 +38,7 @@ enum { REQ_HANDLING = 0, REQ_DONE = 1, REQ_DONE_CLOSE = 2, REQ_DONE_SILENT = 3 }
 #define STAGE_BYTES (64 * 1024)     /* read buffer for small frames */
 #define MAX_PENDING_OUT (16u << 20) /* stop reading while this much output waits */
 #define MIN_FRAME_BYTES 8           /* api key + version + correlation id */
+#define ACCEPT_PAUSE_MS 100         /* pause after accept() fails for lack of resources */
 
 struct ks_conn {
         ks_server_t *srv;
@@ -56,6 +57,7 @@ struct ks_conn {
 
         int64_t last_active_ms;
         bool closed;
+        bool processing; /* inside conn_process_input (no re-entry) */
         bool free_scheduled;
         bool reading;          /* EPOLLIN enabled */
         bool want_write;       /* EPOLLOUT enabled */
@@ -69,6 +71,7 @@ typedef struct io_thread {
         pthread_t thread;
         ks_io_t listen_io;
         ks_timer_t sweep_timer;
+        ks_timer_t accept_timer; /* resumes accepting after EMFILE */
         ks_conn_t *conns;
         int index;
 } io_thread_t;
@@ -268,14 +271,31 @@ static void conn_close(ks_conn_t *c, const char *reason)
         }
 }
 
+/* May the connection take another request?  Bounded by the requests it
+ * has in flight (answered or not, until written) and the bytes of answers
+ * waiting to be written: a client that does not read cannot grow memory. */
+static bool conn_can_accept(const ks_conn_t *c)
+{
+        return c->inflight < c->srv->cfg->max_inflight_per_conn && c->pending_out < MAX_PENDING_OUT;
+}
+
+static int conn_process_input(ks_conn_t *c);
+
 static void conn_update_events(ks_conn_t *c)
 {
         if (c->closed)
                 return;
-        bool can_read = c->inflight < c->srv->cfg->max_inflight_per_conn && c->pending_out < MAX_PENDING_OUT;
-        uint32_t ev = (can_read ? EPOLLIN : 0) | (c->want_write ? EPOLLOUT : 0) | EPOLLRDHUP;
+        bool can_read = conn_can_accept(c);
+        bool was_reading = c->reading;
+        /* While paused, do not ask for EPOLLRDHUP either: level-triggered, it
+         * would wake the loop forever for a peer that closed; the close is
+         * noticed when its answers are written or reading resumes. */
+        uint32_t ev = (can_read ? EPOLLIN | EPOLLRDHUP : 0) | (c->want_write ? EPOLLOUT : 0);
         c->reading = can_read;
         ks_loop_io_mod(c->loop, &c->io, ev);
+        /* Frames already buffered wait for no new bytes: take them now. */
+        if (can_read && !was_reading && c->rlen >= 4 && !c->processing)
+                conn_process_input(c);
 }
 
 static void conn_pop_head(ks_conn_t *c)
@@ -426,10 +446,10 @@ static void conn_start_request(ks_conn_t *c, uint8_t *frame, size_t frame_len)
 
 /* Extracts every complete frame from rbuf.  Returns -1 if the connection was
  * closed. */
-static int conn_process_input(ks_conn_t *c)
+static int conn_process_frames(ks_conn_t *c)
 {
         size_t off = 0;
-        while (!c->closed && c->rlen - off >= 4) {
+        while (!c->closed && c->rlen - off >= 4 && conn_can_accept(c)) {
                 const uint8_t *p = c->rbuf + off;
                 int32_t size = (int32_t)((uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3]);
                 if (size < MIN_FRAME_BYTES || (int64_t)size > c->srv->cfg->max_request_bytes) {
@@ -490,6 +510,16 @@ static int conn_process_input(ks_conn_t *c)
                 c->rlen -= off;
         }
         return 0;
+}
+
+/* Dispatches the complete frames in the read buffer while the connection
+ * may take requests.  -1 if the connection was closed. */
+static int conn_process_input(ks_conn_t *c)
+{
+        c->processing = true;
+        int rc = conn_process_frames(c);
+        c->processing = false;
+        return rc;
 }
 
 static void conn_on_readable(ks_conn_t *c)
@@ -584,7 +614,16 @@ static void listen_cb(ks_loop_t *loop, void *opaque, uint32_t events)
                                 return;
                         if (errno == ECONNABORTED)
                                 continue;
-                        ks_log_warn("accept_failed", "errno=%d err=\"%s\"", errno, strerror(errno));
+                        /* Out of descriptors (or memory): stop accepting on
+                         * this loop for a moment instead of spinning on a
+                         * listener that stays readable; one line per pause. */
+                        ks_log_warn("accept_failed", "errno=%d err=\"%s\" action=\"pause accepting for %d ms\"%s",
+                                    errno, strerror(errno), ACCEPT_PAUSE_MS,
+                                    errno == EMFILE ? " fix=\"raise the open-files limit (ulimit -n) or lower "
+                                                      "KAFSCALE_MAX_CONNECTIONS\""
+                                                    : "");
+                        ks_loop_io_del(loop, &t->listen_io);
+                        ks_timer_arm(loop, &t->accept_timer, ks_loop_now_ms() + ACCEPT_PAUSE_MS);
                         return;
                 }
                 char peer[64];
@@ -643,9 +682,17 @@ static void sweep_cb(ks_loop_t *loop, ks_timer_t *timer)
         ks_timer_arm(loop, timer, now + period);
 }
 
+static void accept_resume_cb(ks_loop_t *loop, ks_timer_t *timer)
+{
+        io_thread_t *t = timer->opaque;
+        if (ks_loop_io_add(loop, &t->listen_io, t->srv->listen_fd, EPOLLIN | EPOLLEXCLUSIVE, listen_cb, t) != 0)
+                ks_timer_arm(loop, timer, ks_loop_now_ms() + ACCEPT_PAUSE_MS);
+}
+
 static void *io_thread_main(void *arg)
 {
         io_thread_t *t = arg;
+        ks_timer_init(&t->accept_timer, accept_resume_cb, t);
         ks_timer_init(&t->sweep_timer, sweep_cb, t);
         ks_timer_arm(t->loop, &t->sweep_timer, ks_loop_now_ms() + 25);
         ks_loop_run(t->loop);
@@ -659,6 +706,7 @@ static void io_thread_shutdown(ks_loop_t *loop, void *arg)
         io_thread_t *t = arg;
         ks_loop_io_del(loop, &t->listen_io);
         ks_timer_cancel(loop, &t->sweep_timer);
+        ks_timer_cancel(loop, &t->accept_timer);
         while (t->conns)
                 conn_close(t->conns, NULL);
         ks_loop_stop(loop);
