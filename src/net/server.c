@@ -283,19 +283,26 @@ static int conn_process_input(ks_conn_t *c);
 
 static void conn_update_events(ks_conn_t *c)
 {
-        if (c->closed)
-                return;
-        bool can_read = conn_can_accept(c);
-        bool was_reading = c->reading;
-        /* While paused, do not ask for EPOLLRDHUP either: level-triggered, it
-         * would wake the loop forever for a peer that closed; the close is
-         * noticed when its answers are written or reading resumes. */
-        uint32_t ev = (can_read ? EPOLLIN | EPOLLRDHUP : 0) | (c->want_write ? EPOLLOUT : 0);
-        c->reading = can_read;
-        ks_loop_io_mod(c->loop, &c->io, ev);
-        /* Frames already buffered wait for no new bytes: take them now. */
-        if (can_read && !was_reading && c->rlen >= 4 && !c->processing)
-                conn_process_input(c);
+        while (!c->closed) {
+                bool can_read = conn_can_accept(c);
+                /* While paused, do not ask for EPOLLRDHUP either: level-triggered,
+                 * it would wake the loop forever for a peer that closed; the close
+                 * is noticed when its answers are written or reading resumes. */
+                uint32_t ev = (can_read ? EPOLLIN | EPOLLRDHUP : 0) | (c->want_write ? EPOLLOUT : 0);
+                c->reading = can_read;
+                ks_loop_io_mod(c->loop, &c->io, ev);
+                /* Frames already buffered wait for no new bytes: take them now,
+                 * whenever there is room (not only when reading resumes: the cap
+                 * may have stopped the previous pass half way through the buffer,
+                 * and a client waiting for answers sends nothing more).  Look
+                 * again after each pass; stop when a pass makes no progress (an
+                 * incomplete frame waits for its bytes). */
+                if (!can_read || c->processing || c->rlen < 4)
+                        return;
+                size_t before = c->rlen;
+                if (conn_process_input(c) < 0 || c->rlen >= before)
+                        return;
+        }
 }
 
 static void conn_pop_head(ks_conn_t *c)

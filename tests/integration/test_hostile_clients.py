@@ -985,6 +985,48 @@ def test_close_with_parked_requests_does_not_spin(broker):
                                  "parked requests closed its socket" % (100 * used / window, window))
 
 
+@pytest.mark.parametrize("broker_extra_env", [{"KAFSCALE_MAX_INFLIGHT_PER_CONNECTION": "4",
+                                               "KAFSCALE_FLUSH_INTERVAL_MS": "20"}],
+                         ids=["inflight-4"])
+def test_pipelined_beyond_the_inflight_cap_are_all_answered(broker):
+    """A producer pipelines 40 acks=all Produce requests in one write, ten
+    times the per-connection cap of 4, and then only waits for answers (it
+    sends nothing more). The broker takes 4, stops, and must take the rest
+    from its buffer as answers free room, pass after pass: all 40 are
+    answered in order within 10 s (the group commit interval is 20 ms), and
+    the offsets are contiguous."""
+    topic = "pipelined"
+    with kw.Conn(broker.host, broker.port, timeout=10.0) as c:
+        raw.create_topic(c, topic)
+    n = 40
+    s = kw.connect(broker.host, broker.port)
+    try:
+        frames = []
+        for i in range(n):
+            body = raw.produce_body(9, {topic: {0: raw.build_batch(raw.simple_records(5, b"p%02d-" % i))}}, acks=-1)
+            frames.append(req_frame(kw.PRODUCE, 9, i + 1, body, client_id="pipeliner"))
+        kw.send_all(s, b"".join(frames))
+        t0 = time.monotonic()
+        bases = []
+        for i in range(n):
+            left = 10.0 - (time.monotonic() - t0)
+            assert left > 0, "only %d of %d pipelined produce requests answered in 10 s" % (i, n)
+            try:
+                r = kw.Reader(kw.recv_frame(s, timeout=left))
+            except socket.timeout:
+                pytest.fail("only %d of %d pipelined produce requests answered in 10 s" % (i, n))
+            assert r.int32() == i + 1
+            r.skip_tagged_fields()
+            res = raw.decode_produce(r, 9)
+            assert res[(topic, 0)]["error_code"] == 0, res
+            bases.append(res[(topic, 0)]["base_offset"])
+        print("%d pipelined produce requests answered in %.2f s" % (n, time.monotonic() - t0))
+    finally:
+        s.close()
+    assert bases == [5 * i for i in range(n)], bases
+    assert_serving(broker)
+
+
 # ---------------------------------------------------------------------------
 # 6. File descriptors run out before KAFSCALE_MAX_CONNECTIONS
 # ---------------------------------------------------------------------------
