@@ -273,6 +273,24 @@ static int open_metadata_store(ks_broker_t *b)
                 }
                 return 0;
         }
+        if (cfg->etcd_endpoints[0]) {
+                b->mode = "cluster";
+                ks_kv_etcd_config_t ecfg = { .endpoints = cfg->etcd_endpoints,
+                                             .username = cfg->etcd_username,
+                                             .password = cfg->etcd_password,
+                                             .request_timeout_ms = cfg->etcd_timeout_ms };
+                char why[512] = "";
+                err = ks_kv_etcd_open(&ecfg, why, sizeof(why), &b->kv);
+                if (err) {
+                        ks_log_error("metadata_store_failed",
+                                     "backend=etcd endpoints=\"%s\" err=%s reason=\"%s\" fix=\"check "
+                                     "KAFSCALE_ETCD_ENDPOINTS (and KAFSCALE_ETCD_USERNAME/_PASSWORD) and that etcd "
+                                     "is running\"",
+                                     cfg->etcd_endpoints, ks_err_name(err), why);
+                        return -1;
+                }
+                return 0;
+        }
         b->mode = "embedded";
         if (make_dir(cfg->data_dir) != 0) {
                 ks_log_error("data_dir_unusable", "dir=\"%s\" errno=%d err=\"%s\" fix=\"set KAFSCALE_DATA_DIR to a "
@@ -338,7 +356,8 @@ static int open_object_store(ks_broker_t *b)
         return 0;
 }
 
-/* Opens the partition logs of every known topic (recovery). */
+/* Opens the partition logs of every known topic (recovery), then keeps
+ * them in step with the topic registry. */
 static int open_logs(ks_broker_t *b)
 {
         ks_err_t err = ks_log_open(&b->log_cfg, b->store, b->meta, &b->log);
@@ -346,21 +365,23 @@ static int open_logs(ks_broker_t *b)
                 ks_log_error("log_open_failed", "err=%s", ks_err_name(err));
                 return -1;
         }
-        ks_topic_t *topics = NULL;
-        int n = ks_meta_topics_snapshot(b->meta, &topics);
-        if (n < 0)
+        err = ks_topic_sync_start(b->log, b->meta, &b->topics);
+        if (err) {
+                ks_log_error("topic_sync_start_failed", "err=%s", ks_err_name(err));
                 return -1;
-        int64_t t0 = ks_clock_mono_ms(ks_clock_system());
-        int partitions = 0;
-        for (int i = 0; i < n && !err; i++) {
-                err = ks_log_topic_open(b->log, &topics[i]);
-                partitions += topics[i].partitions;
         }
-        free(topics);
+        int64_t t0 = ks_clock_mono_ms(ks_clock_system());
+        err = ks_topic_sync_all(b->topics);
         if (err) {
                 ks_log_error("recovery_failed", "err=%s", ks_err_name(err));
                 return -1;
         }
+        ks_topic_t *topics = NULL;
+        int n = ks_meta_topics_snapshot(b->meta, &topics);
+        int partitions = 0;
+        for (int i = 0; i < n; i++)
+                partitions += topics[i].partitions;
+        free(topics);
         ks_log_info("recovery_complete", "topics=%d partitions=%d ms=%lld", n, partitions,
                     (long long)(ks_clock_mono_ms(ks_clock_system()) - t0));
         return 0;
@@ -397,12 +418,13 @@ int ks_broker_start(ks_broker_t *b, const ks_config_t *cfg)
         ks_server_set_on_complete(b->server, ks_broker_request_done, b);
         if (ks_server_start(b->server) != 0 || ops_serving() != 0)
                 goto fail;
+        const char *meta_where = cfg->etcd_endpoints[0] ? cfg->etcd_endpoints : cfg->data_dir;
         ks_log_info("broker_started",
                     "mode=%s broker_id=%d listener=%s:%d advertised=%s:%d metadata=%s%s%s io_threads=%d "
                     "cluster_id=%s metrics=%s:%d",
                     b->mode, cfg->broker_id, cfg->listen_host[0] ? cfg->listen_host : "0.0.0.0",
                     ks_server_port(b->server), cfg->advertised_host, cfg->advertised_port, b->kv->ops->name,
-                    cfg->memory_metadata ? "" : ":", cfg->memory_metadata ? "" : cfg->data_dir, cfg->io_threads,
+                    cfg->memory_metadata ? "" : ":", cfg->memory_metadata ? "" : meta_where, cfg->io_threads,
                     ks_meta_cluster_id(b->meta), cfg->metrics_host[0] ? cfg->metrics_host : "0.0.0.0",
                     ks_http_port(ops.http));
         return 0;
@@ -432,6 +454,8 @@ void ks_broker_stop(ks_broker_t *b)
                 ks_log_wake_all(b->log);
                 ks_server_barrier(b->server);
         }
+        ks_topic_sync_stop(b->topics);
+        b->topics = NULL;
         /* Flush buffered records while the I/O loops still deliver the
          * acknowledgements. */
         if (b->log) {

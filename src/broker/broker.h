@@ -13,6 +13,7 @@
 #ifndef KS_BROKER_BROKER_H
 #define KS_BROKER_BROKER_H
 
+#include "broker/topic_sync.h"
 #include "config/config.h"
 #include "group/group.h"
 #include "log/log.h"
@@ -29,9 +30,10 @@ typedef struct ks_broker {
         ks_server_t *server;    /* owned */
         ks_objstore_t *store;   /* owned: where records are durable */
         ks_log_t *log;          /* owned: partition logs */
+        ks_topic_sync_t *topics; /* owned: keeps `log` in step with the topic registry */
         ks_log_config_t log_cfg;
         ks_groups_t *groups;    /* owned: group coordinator */
-        const char *mode;       /* "embedded" or "memory" */
+        const char *mode;       /* "embedded", "memory" or "cluster" */
         volatile int stopping;  /* set at shutdown: new requests are refused */
 } ks_broker_t;
 

@@ -168,7 +168,7 @@ static void metadata_auto_create_work(ks_broker_t *b, ks_req_t *req)
                 t.segment_bytes = KS_DEFAULT_SEGMENT_BYTES;
                 ks_err_t err = ks_meta_topic_create(b->meta, &t);
                 if (!err)
-                        err = ks_log_topic_open(b->log, &t);
+                        err = ks_topic_sync_one(b->topics, t.name);
                 if (err && err != KS_ERR__EXISTS)
                         ks_log_warn("topic_auto_create_failed", "topic=%s err=%s", t.name, ks_err_name(err));
         }

@@ -547,7 +547,7 @@ static ks_err_t alter_topic(ks_broker_t *b, const alter_resource_t *r, bool repl
                         return 0;
                 e = ks_meta_topic_update(b->meta, &t);
                 if (!e)
-                        ks_log_topic_configure(b->log, &t);
+                        ks_topic_sync_one(b->topics, t.name);
         }
         if (e) {
                 ks_log_warn("topic_config_update_failed", "topic=%s err=%s", name, ks_err_name(e));

@@ -150,7 +150,7 @@ static ks_err_t grow_topic(ks_broker_t *b, const cp_topic_t *ct, bool validate_o
                 e = ks_meta_topic_add_partitions(b->meta, &t, ct->Count);
         }
         if (!e)
-                e = ks_log_topic_open(b->log, &t);
+                e = ks_topic_sync_one(b->topics, t.name);
         if (e) {
                 ks_log_warn("create_partitions_failed", "topic=%s count=%d err=%s", name, ct->Count, ks_err_name(e));
                 snprintf(msg, msglen, "Metadata store error: %s", ks_err_str(e));

@@ -197,7 +197,7 @@ static void create_topics_work(ks_broker_t *b, ks_req_t *req)
                 if (!err && !rq->validateOnly) {
                         ks_err_t e = ks_meta_topic_create(b->meta, &t);
                         if (!e)
-                                e = ks_log_topic_open(b->log, &t);
+                                e = ks_topic_sync_one(b->topics, t.name);
                         if (e == KS_ERR__EXISTS) {
                                 err = KS_ERR_TOPIC_ALREADY_EXISTS;
                                 snprintf(msg, sizeof(msg), "Topic '%s' already exists.", t.name);
@@ -276,7 +276,8 @@ static void delete_topics_work(ks_broker_t *b, ks_req_t *req)
                 if (!err) {
                         ks_err_t e = ks_meta_topic_delete(b->meta, t.name, by_id ? &id : NULL);
                         if (!e) {
-                                ks_log_topic_drop(b->log, t.name, &t.id);
+                                ks_topic_sync_one(b->topics, t.name);
+                                ks_log_topic_delete_objects(b->log, t.name);
                                 /* Kafka drops the topic's committed offsets
                                  * with it: a re-created topic starts clean. */
                                 ks_err_t oe = ks_offsets_delete_topic(b->kv, t.name);

@@ -32,7 +32,13 @@ static const var_t vars[] = {
           "Embedded mode: directory holding the SQLite metadata and the local object store" },
         { "KAFSCALE_USE_MEMORY_METADATA", "0", T_BOOL, 0, 0,
           "Keep metadata in process memory (lost on exit; tests and demos)" },
-        { "KAFSCALE_ETCD_ENDPOINTS", "", T_STR, 0, 0, "Comma-separated etcd endpoints (cluster mode)" },
+        { "KAFSCALE_ETCD_ENDPOINTS", "", T_STR, 0, 0,
+          "Cluster mode: comma-separated etcd client URLs (http://host:port) holding the metadata; needs "
+          "KAFSCALE_S3_BUCKET" },
+        { "KAFSCALE_ETCD_USERNAME", "", T_STR, 0, 0, "etcd user name (etcd authentication enabled)" },
+        { "KAFSCALE_ETCD_PASSWORD", "", T_STR, 0, 0, "etcd password of KAFSCALE_ETCD_USERNAME" },
+        { "KAFSCALE_ETCD_TIMEOUT_MS", "5000", T_INT, 100, 600000,
+          "Longest one etcd request may take before the next endpoint is tried or the request fails" },
         { "KAFSCALE_USE_MEMORY_S3", "0", T_BOOL, 0, 0,
           "Keep records in process memory instead of an object store (lost on exit; tests and demos)" },
         { "KAFSCALE_S3_NAMESPACE", "default", T_STR, 0, 0, "First component of every object key" },
@@ -196,6 +202,12 @@ int ks_config_from_env(ks_config_t *cfg, char *err, size_t errlen)
                 return -1;
         if (get_str("KAFSCALE_ETCD_ENDPOINTS", cfg->etcd_endpoints, sizeof(cfg->etcd_endpoints), err, errlen))
                 return -1;
+        if (get_str("KAFSCALE_ETCD_USERNAME", cfg->etcd_username, sizeof(cfg->etcd_username), err, errlen))
+                return -1;
+        if (get_str("KAFSCALE_ETCD_PASSWORD", cfg->etcd_password, sizeof(cfg->etcd_password), err, errlen))
+                return -1;
+        if (get_int("KAFSCALE_ETCD_TIMEOUT_MS", &cfg->etcd_timeout_ms, err, errlen))
+                return -1;
         if (get_bool("KAFSCALE_USE_MEMORY_S3", &cfg->memory_s3, err, errlen))
                 return -1;
         if (ks_s3_config_from_env(&cfg->s3, cfg->s3_storage, sizeof(cfg->s3_storage), err, errlen) != 0)
@@ -294,12 +306,28 @@ int ks_config_from_env(ks_config_t *cfg, char *err, size_t errlen)
                 }
         }
         if (cfg->etcd_endpoints[0]) {
-                snprintf(err, errlen,
-                         "KAFSCALE_ETCD_ENDPOINTS is set, but this build has no etcd metadata backend yet; unset it "
-                         "to run in embedded mode (SQLite in KAFSCALE_DATA_DIR)");
+                if (cfg->memory_metadata) {
+                        snprintf(err, errlen, "KAFSCALE_ETCD_ENDPOINTS and KAFSCALE_USE_MEMORY_METADATA are both set: "
+                                              "choose one (unset KAFSCALE_USE_MEMORY_METADATA for cluster mode)");
+                        return -1;
+                }
+                if (!cfg->s3.bucket && !cfg->memory_s3) {
+                        snprintf(err, errlen, "KAFSCALE_ETCD_ENDPOINTS is set but KAFSCALE_S3_BUCKET is not: in "
+                                              "cluster mode records live in S3, shared by every broker; set "
+                                              "KAFSCALE_S3_BUCKET (and KAFSCALE_S3_ENDPOINT for a store other than "
+                                              "AWS), or unset KAFSCALE_ETCD_ENDPOINTS for embedded mode");
+                        return -1;
+                }
+        } else if (cfg->etcd_username[0] || cfg->etcd_password[0]) {
+                snprintf(err, errlen, "KAFSCALE_ETCD_USERNAME/KAFSCALE_ETCD_PASSWORD are set but "
+                                      "KAFSCALE_ETCD_ENDPOINTS is not: set the endpoints or unset the credentials");
                 return -1;
         }
-        if (!cfg->memory_metadata && cfg->data_dir[0] == '\0') {
+        if (!cfg->etcd_username[0] != !cfg->etcd_password[0]) {
+                snprintf(err, errlen, "set both KAFSCALE_ETCD_USERNAME and KAFSCALE_ETCD_PASSWORD, or neither");
+                return -1;
+        }
+        if (!cfg->memory_metadata && !cfg->etcd_endpoints[0] && cfg->data_dir[0] == '\0') {
                 snprintf(err, errlen, "KAFSCALE_DATA_DIR is empty: set it to a writable directory");
                 return -1;
         }

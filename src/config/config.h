@@ -29,7 +29,10 @@ typedef struct ks_config {
         /* Storage / metadata. */
         char data_dir[1024];
         bool memory_metadata;
-        char etcd_endpoints[1024];
+        char etcd_endpoints[1024];  /* "" = not cluster mode */
+        char etcd_username[256];
+        char etcd_password[256];
+        int64_t etcd_timeout_ms;
 
         /* Object storage and the log. */
         bool memory_s3;

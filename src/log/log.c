@@ -460,6 +460,12 @@ static ks_err_t partition_load(ks_log_t *log, const ks_topic_t *t, int32_t index
 {
         ks_partition_meta_t pm;
         ks_err_t err = ks_meta_partition_load(log->meta, t->name, index, &pm);
+        if (err == KS_ERR__NOT_FOUND) {
+                /* Counted by the topic's config, never written to: starts empty. */
+                err = ks_meta_partition_init(log->meta, t->name, index);
+                if (!err)
+                        err = ks_meta_partition_load(log->meta, t->name, index, &pm);
+        }
         if (err)
                 return err;
         ks_partition_t *p = calloc(1, sizeof(*p));
@@ -1518,7 +1524,32 @@ ks_partition_t *ks_log_partition(ks_log_t *log, ks_str_t topic, int32_t partitio
         return p;
 }
 
-void ks_log_topic_drop(ks_log_t *log, const char *topic, const ks_uuid_t *id)
+bool ks_log_topic_info(ks_log_t *log, const char *topic, ks_uuid_t *id, int32_t *partitions)
+{
+        pthread_rwlock_rdlock(&log->topics_lock);
+        int i = topic_find_locked(log, topic, strlen(topic));
+        if (i >= 0) {
+                *id = log->topics[i]->id;
+                *partitions = log->topics[i]->nparts;
+        }
+        pthread_rwlock_unlock(&log->topics_lock);
+        return i >= 0;
+}
+
+int ks_log_topic_names(ks_log_t *log, char (**out)[KS_TOPIC_NAME_MAX + 1])
+{
+        pthread_rwlock_rdlock(&log->topics_lock);
+        int n = log->ntopics;
+        char(*names)[KS_TOPIC_NAME_MAX + 1] = malloc((size_t)(n ? n : 1) * sizeof(*names));
+        if (names)
+                for (int i = 0; i < n; i++)
+                        memcpy(names[i], log->topics[i]->name, sizeof(names[i]));
+        pthread_rwlock_unlock(&log->topics_lock);
+        *out = names;
+        return names ? n : -1;
+}
+
+bool ks_log_topic_forget(ks_log_t *log, const char *topic, const ks_uuid_t *id)
 {
         pthread_rwlock_wrlock(&log->topics_lock);
         int i = topic_find_locked(log, topic, strlen(topic));
@@ -1528,33 +1559,37 @@ void ks_log_topic_drop(ks_log_t *log, const char *topic, const ks_uuid_t *id)
                 log->topics[i] = log->topics[--log->ntopics];
         }
         pthread_rwlock_unlock(&log->topics_lock);
-        if (te) {
-                for (int32_t p = 0; p < te->nparts; p++) {
-                        ks_partition_t *part = te->parts[p];
-                        pthread_mutex_lock(&part->lock);
-                        part->dropped = true;
-                        produce_waiter_t *pw = part->pwait_head;
-                        part->pwait_head = part->pwait_tail = NULL;
-                        ks_fetch_waiter_t *fw = take_fetch_waiters(part);
-                        while (part->uploading)
-                                pthread_cond_wait(&part->idle_cond, &part->lock);
-                        cache_forget_locked_partition(log, part);
-                        pthread_mutex_unlock(&part->lock);
-                        pthread_mutex_lock(&log->sched_lock);
-                        if (part->heap_index >= 0) {
-                                heap_remove(log, part);
-                                pthread_mutex_unlock(&log->sched_lock);
-                                ks_partition_release(part);
-                        } else {
-                                pthread_mutex_unlock(&log->sched_lock);
-                        }
-                        deliver(pw, KS_ERR_UNKNOWN_TOPIC_OR_PARTITION, fw);
+        if (!te)
+                return false;
+        for (int32_t p = 0; p < te->nparts; p++) {
+                ks_partition_t *part = te->parts[p];
+                pthread_mutex_lock(&part->lock);
+                part->dropped = true;
+                produce_waiter_t *pw = part->pwait_head;
+                part->pwait_head = part->pwait_tail = NULL;
+                ks_fetch_waiter_t *fw = take_fetch_waiters(part);
+                while (part->uploading)
+                        pthread_cond_wait(&part->idle_cond, &part->lock);
+                cache_forget_locked_partition(log, part);
+                pthread_mutex_unlock(&part->lock);
+                pthread_mutex_lock(&log->sched_lock);
+                if (part->heap_index >= 0) {
+                        heap_remove(log, part);
+                        pthread_mutex_unlock(&log->sched_lock);
                         ks_partition_release(part);
+                } else {
+                        pthread_mutex_unlock(&log->sched_lock);
                 }
-                free(te->parts);
-                free(te);
+                deliver(pw, KS_ERR_UNKNOWN_TOPIC_OR_PARTITION, fw);
+                ks_partition_release(part);
         }
-        /* Delete the topic's objects (whatever incarnation left them). */
+        free(te->parts);
+        free(te);
+        return true;
+}
+
+void ks_log_topic_delete_objects(ks_log_t *log, const char *topic)
+{
         char prefix[400];
         snprintf(prefix, sizeof(prefix), "%s/%s/", log->ns, topic);
         ks_objlist_t l = { 0 };
@@ -1568,6 +1603,13 @@ void ks_log_topic_drop(ks_log_t *log, const char *topic, const ks_uuid_t *id)
         else
                 ks_log_info("topic_objects_deleted", "topic=%s objects=%zu of=%zu", topic, deleted, l.count);
         ks_objlist_free(&l);
+}
+
+void ks_log_topic_drop(ks_log_t *log, const char *topic, const ks_uuid_t *id)
+{
+        ks_log_topic_forget(log, topic, id);
+        /* Delete the topic's objects (whatever incarnation left them). */
+        ks_log_topic_delete_objects(log, topic);
 }
 
 /* ------------------------------------------------------------------------ */

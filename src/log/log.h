@@ -83,9 +83,26 @@ void ks_log_topic_configure(ks_log_t *log, const ks_topic_t *t);
  * this every retention_check_ms on its own.  BLOCKING. */
 void ks_log_enforce_retention(ks_log_t *log);
 
-/* Forgets a deleted topic: pending produce and fetch waiters are answered
- * with UNKNOWN_TOPIC_OR_PARTITION; its objects are deleted from the object
- * store.  BLOCKING. */
+/* The incarnation (topic id) and partition count the log has open for
+ * `topic`; false if none.  Non-blocking. */
+bool ks_log_topic_info(ks_log_t *log, const char *topic, ks_uuid_t *id, int32_t *partitions);
+
+/* Names of every open topic, in a malloc'ed array the caller frees; the
+ * count, or -1 if memory ran out.  Non-blocking. */
+int ks_log_topic_names(ks_log_t *log, char (**names)[KS_TOPIC_NAME_MAX + 1]);
+
+/* Closes a topic's partitions (only the incarnation `id`, unless NULL):
+ * uploads in flight finish, pending produce and fetch waiters are answered
+ * with UNKNOWN_TOPIC_OR_PARTITION, buffered records not yet acknowledged are
+ * discarded, cached segments are released.  The objects stay.  True if the
+ * topic was open.  BLOCKING (waits for uploads in flight). */
+bool ks_log_topic_forget(ks_log_t *log, const char *topic, const ks_uuid_t *id);
+
+/* Deletes every object under the topic's prefix.  BLOCKING. */
+void ks_log_topic_delete_objects(ks_log_t *log, const char *topic);
+
+/* Forgets a deleted topic and deletes its objects (the two above).
+ * BLOCKING. */
 void ks_log_topic_drop(ks_log_t *log, const char *topic, const ks_uuid_t *id);
 
 /* Looks up a partition and takes a reference (NULL if not served here).

@@ -212,6 +212,8 @@ static ks_err_t validate_cmps(const ks_kv_cmp_t *cmps, size_t n)
 {
         if (n && !cmps)
                 return KS_ERR__INVALID_ARG;
+        if (n > KS_KV_TXN_MAX_OPS)
+                return KS_ERR__TOO_LARGE;
         for (size_t i = 0; i < n; i++) {
                 const ks_kv_cmp_t *c = &cmps[i];
                 if (!c->key || c->key_len == 0)
@@ -230,6 +232,8 @@ static ks_err_t validate_ops(const ks_kv_op_t *ops, size_t n)
 {
         if (n && !ops)
                 return KS_ERR__INVALID_ARG;
+        if (n > KS_KV_TXN_MAX_OPS)
+                return KS_ERR__TOO_LARGE;
         for (size_t i = 0; i < n; i++) {
                 const ks_kv_op_t *o = &ops[i];
                 kv_span_t s = {0};

@@ -155,6 +155,11 @@ static inline ks_err_t ks_kv_delete_range(ks_kv_t *kv, const void *key, size_t k
         return kv->ops->delete_range(kv, key, key_len, range_end, range_end_len, deleted, revision);
 }
 
+/* Most compares, and most operations per branch, one transaction may hold
+ * (etcd's default --max-txn-ops); more is KS_ERR__TOO_LARGE on every backend,
+ * so callers split large changes the same way everywhere. */
+#define KS_KV_TXN_MAX_OPS 128
+
 /* Atomic compare-and-apply: if every compare holds, apply `success`, else
  * `failure`; *succeeded tells which.  A failed compare is not an error. */
 static inline ks_err_t ks_kv_txn(ks_kv_t *kv, const ks_kv_cmp_t *cmps, size_t ncmps, const ks_kv_op_t *success,
@@ -213,5 +218,49 @@ ks_err_t ks_kv_memory_new(const ks_clock_t *clock, ks_kv_t **out);
  * synchronous=FULL so a returned write is durable).  The file holds the same
  * keys and values an etcd cluster would.  `clock` as above. */
 ks_err_t ks_kv_sqlite_open(const char *path, const ks_clock_t *clock, ks_kv_t **out);
+
+/* Cluster store: an etcd v3 cluster through its JSON gateway (kv_etcd.c).
+ * Strings are borrowed for the call (copied). */
+typedef struct ks_kv_etcd_config {
+        const char *endpoints;      /* comma-separated: "http://10.0.0.1:2379,http://10.0.0.2:2379"; a
+                                     * bare host[:port] means http://; the port defaults to 2379 */
+        const char *username;       /* NULL or "": no authentication */
+        const char *password;
+        int64_t request_timeout_ms; /* one HTTP exchange with one endpoint; 0: 5000 */
+        int64_t connect_timeout_ms; /* TCP (and TLS) connect to one endpoint; 0: 1000 */
+} ks_kv_etcd_config_t;
+
+/* etcd's default request size limit (--max-request-bytes).  The etcd
+ * backend refuses, with KS_ERR__TOO_LARGE and without sending anything, a
+ * request whose keys and values (plus a small per-operation allowance) add up
+ * to more than this, as it refuses a txn over KS_KV_TXN_MAX_OPS like every
+ * backend.  Callers that may write more split their writes (offsets.c and
+ * metadata.c do); the in-process backends have no byte limit. */
+#define KS_KV_ETCD_MAX_REQUEST_BYTES (1536 * 1024)
+
+/* Opens the etcd backend and checks that the cluster answers (one read;
+ * with a username, an authentication first).  On failure *out is NULL and
+ * errbuf (may be NULL) holds a message for the operator:
+ *   KS_ERR__INVALID_ARG  bad configuration: malformed endpoint list, negative
+ *                        timeouts, credentials rejected by etcd, or etcd has
+ *                        authentication enabled and no username was given;
+ *   KS_ERR__UNAVAILABLE  no endpoint answered (KS_ERR__TIMEOUT: the last one
+ *                        timed out);
+ *   KS_ERR__IO           etcd answered with an unexpected error.
+ * Calls fail over between the endpoints (see kv_etcd.c).  Errors specific to
+ * this backend, on top of kv.h's: KS_ERR__UNAVAILABLE / KS_ERR__TIMEOUT when
+ * no endpoint could answer (for a write: its outcome is unknown — it may have
+ * been applied), KS_ERR__TOO_LARGE (above), KS_ERR__PARSE for an answer that
+ * cannot be decoded, KS_ERR__IO for other etcd errors (permission denied,
+ * database space exceeded...), logged where they happen.  Each watch holds a
+ * thread and a connection of its own and survives member failures (it
+ * resumes where it stopped); callbacks of one store run one at a time, as
+ * with the in-process backends. */
+ks_err_t ks_kv_etcd_open(const ks_kv_etcd_config_t *cfg, char *errbuf, size_t errlen, ks_kv_t **out);
+
+/* Compacts the cluster's history up to its current revision R: watches
+ * that start below R report KS_KV_EV_COMPACTED (revision R).  For tests and
+ * operator tooling.  KS_ERR__INVALID_ARG if kv is not an etcd store. */
+ks_err_t ks_kv_etcd_compact(ks_kv_t *kv);
 
 #endif

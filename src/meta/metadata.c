@@ -18,12 +18,15 @@
 #include <sys/random.h>
 #include <time.h>
 
+#include <openssl/sha.h>
+
 #include "kafscale_metadata.pb-c.h"
 #include "util/clock.h"
 #include "util/log.h"
 
 #define TOPICS_PREFIX "/kafscale/topics/"
 #define CLUSTER_ID_KEY "/kafscale/cluster/id"
+#define TXN_MAX_OPS KS_KV_TXN_MAX_OPS
 
 typedef struct tombstone {
         char name[KS_TOPIC_NAME_MAX + 1];
@@ -41,6 +44,9 @@ struct ks_meta {
         int ntombstones, tcap;
 
         ks_kv_watch_t *watch;
+        /* Told about changes the watch brings (lock protects the pair). */
+        ks_meta_topic_listener_fn *listener;
+        void *listener_opaque;
 };
 
 /* ------------------------------------------------------------------------ */
@@ -207,15 +213,30 @@ ks_err_t ks_meta_topic_decode(const uint8_t *buf, size_t len, ks_topic_t *t)
         if (tc->topic_id.len == sizeof(t->id.b))
                 memcpy(t->id.b, tc->topic_id.data, sizeof(t->id.b));
         t->partitions = tc->partitions;
-        t->replication_factor = tc->replication_factor;
-        t->retention_ms = tc->retention_ms;
-        t->retention_bytes = tc->retention_bytes;
+        t->replication_factor = tc->replication_factor > 0 ? tc->replication_factor : 1;
+        /* proto3 cannot tell 0 from absent: a record written by another tool
+         * that leaves these out gets the defaults, not "keep nothing".  A 0
+         * an operator asked for is in the config map, which wins. */
+        t->retention_ms = tc->retention_ms != 0 ? tc->retention_ms : KS_DEFAULT_RETENTION_MS;
+        t->retention_bytes = tc->retention_bytes != 0 ? tc->retention_bytes : KS_DEFAULT_RETENTION_BYTES;
         t->segment_bytes = tc->segment_bytes > 0 ? tc->segment_bytes : KS_DEFAULT_SEGMENT_BYTES;
         t->created_at_ms = parse_rfc3339_ms(tc->created_at);
-        for (size_t i = 0; i < tc->n_config; i++)
-                for (size_t k = 0; k < 3; k++)
-                        if (tc->config[i]->key && !strcmp(tc->config[i]->key, explicit_keys[k].key))
-                                t->explicit_configs |= explicit_keys[k].bit;
+        int64_t *const fields[3] = { &t->retention_ms, &t->retention_bytes, &t->segment_bytes };
+        for (size_t i = 0; i < tc->n_config; i++) {
+                for (size_t k = 0; k < 3; k++) {
+                        const char *v = tc->config[i]->value;
+                        if (!tc->config[i]->key || strcmp(tc->config[i]->key, explicit_keys[k].key))
+                                continue;
+                        char *end;
+                        long long x = v ? strtoll(v, &end, 10) : 0;
+                        if (!v || end == v || *end || x < (k == 2 ? 1 : -1)) {
+                                err = KS_ERR__CORRUPT;
+                                goto out;
+                        }
+                        *fields[k] = x;
+                        t->explicit_configs |= explicit_keys[k].bit;
+                }
+        }
 out:
         kafscale__metadata__topic_config__free_unpacked(tc, NULL);
         return err;
@@ -263,6 +284,46 @@ static ks_err_t new_partition_ops(const char *topic, int32_t from, int32_t n, ch
                                                .value = "0", .value_len = 1 };
         }
         return 0;
+}
+
+/* Writes the records of partitions [from, from + n) of `topic` and then
+ * `cfg_op` (the topic's config record), every transaction guarded by `cmp`.
+ * etcd limits a transaction to TXN_MAX_OPS operations, so a large topic
+ * takes several; the config record goes in the last one, so the topic (or
+ * its new partition count) becomes visible only with all its partitions in
+ * place.  If an earlier transaction applied and a later one did not, the
+ * records written belong to partitions no config counts yet; the next
+ * create or grow overwrites them.  *ok is false if `cmp` failed. */
+static ks_err_t write_partitions_then_config(ks_meta_t *m, const ks_kv_cmp_t *cmp, const ks_kv_op_t *cfg_op,
+                                             const char *topic, int32_t from, int32_t n, bool *ok, int64_t *rev)
+{
+        size_t nops = 2 * (size_t)n;
+        ks_kv_op_t *ops = calloc(nops + 1, sizeof(*ops));
+        char (*keys)[300] = calloc(nops + 1, sizeof(*keys));
+        uint8_t **bufs = calloc((size_t)n + 1, sizeof(*bufs));
+        ks_err_t err = (!ops || !keys || !bufs) ? KS_ERR__NOMEM : 0;
+        if (!err)
+                err = new_partition_ops(topic, from, n, keys, bufs, ops);
+        *ok = false;
+        size_t start = 0;
+        while (!err) {
+                size_t left = nops - start;
+                bool last = left < TXN_MAX_OPS;
+                size_t take = last ? left : (TXN_MAX_OPS & ~(size_t)1);
+                if (last)
+                        ops[start + take++] = *cfg_op;
+                err = ks_kv_txn(m->kv, cmp, 1, ops + start, take, NULL, 0, ok, rev);
+                if (err || !*ok || last)
+                        break;
+                start += take;
+        }
+        if (bufs)
+                for (int32_t i = 0; i < n; i++)
+                        free(bufs[i]);
+        free(bufs);
+        free(keys);
+        free(ops);
+        return err;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -362,18 +423,50 @@ static void registry_delete_locked(ks_meta_t *m, const char *name, size_t nlen, 
         tombstone_set_locked(m, buf, rev);
 }
 
-static void registry_apply_pair(ks_meta_t *m, const ks_kv_pair_t *kv)
+/* A topic id for a record that has none (written by a tool that does not
+ * know Kafscale's topic_id field): derived from the name and the record's
+ * creation revision, so every broker derives the same one and a re-created
+ * topic gets another. */
+static void derive_topic_id(const char *name, int64_t create_rev, ks_uuid_t *id)
+{
+        char seed[KS_TOPIC_NAME_MAX + 64];
+        int n = snprintf(seed, sizeof(seed), "kafscale-topic-id/%s/%lld", name, (long long)create_rev);
+        uint8_t h[SHA256_DIGEST_LENGTH];
+        SHA256((const uint8_t *)seed, (size_t)n, h);
+        memcpy(id->b, h, sizeof(id->b));
+        id->b[6] = (uint8_t)((id->b[6] & 0x0f) | 0x80); /* RFC 9562 version 8: custom */
+        id->b[8] = (uint8_t)((id->b[8] & 0x3f) | 0x80);
+}
+
+/* Decodes the config record `kv` of the topic its key names: the record
+ * must name the same topic; a missing topic id is derived; mod_rev set. */
+static ks_err_t decode_config_pair(const ks_kv_pair_t *kv, ks_topic_t *t)
 {
         size_t tlen;
-        if (!config_key_topic(kv->key, kv->key_len, &tlen))
-                return;
+        const char *kt = config_key_topic(kv->key, kv->key_len, &tlen);
+        if (!kt)
+                return KS_ERR__INVALID_ARG;
+        if (ks_meta_topic_decode(kv->value, kv->value_len, t) != 0 || strlen(t->name) != tlen ||
+            memcmp(t->name, kt, tlen) != 0)
+                return KS_ERR__CORRUPT;
+        static const ks_uuid_t zero;
+        if (ks_uuid_eq(&t->id, &zero))
+                derive_topic_id(t->name, kv->create_rev, &t->id);
+        t->mod_rev = kv->mod_rev;
+        return 0;
+}
+
+static void registry_apply_pair(ks_meta_t *m, const ks_kv_pair_t *kv)
+{
         ks_topic_t t;
-        if (ks_meta_topic_decode(kv->value, kv->value_len, &t) != 0) {
+        ks_err_t err = decode_config_pair(kv, &t);
+        if (err == KS_ERR__INVALID_ARG)
+                return; /* another record under the topic */
+        if (err) {
                 ks_log_warn("topic_record_corrupt", "key=\"%.*s\" action=ignored", (int)kv->key_len,
                             (const char *)kv->key);
                 return;
         }
-        t.mod_rev = kv->mod_rev;
         registry_put_locked(m, &t);
 }
 
@@ -404,6 +497,18 @@ static ks_err_t registry_load(ks_meta_t *m, int64_t *revision)
         return 0;
 }
 
+/* Tells the listener (if any) that `topic` (NULL: possibly every topic)
+ * may have changed.  Watch thread.  The read lock is held across the call
+ * so that once ks_meta_set_topic_listener() returned, the old listener is
+ * not running and will not run. */
+static void notify_listener(ks_meta_t *m, const char *topic)
+{
+        pthread_rwlock_rdlock(&m->lock);
+        if (m->listener)
+                m->listener(m->listener_opaque, topic);
+        pthread_rwlock_unlock(&m->lock);
+}
+
 static void topics_watch_cb(void *opaque, const ks_kv_event_t *evs, size_t n)
 {
         ks_meta_t *m = opaque;
@@ -414,19 +519,32 @@ static void topics_watch_cb(void *opaque, const ks_kv_event_t *evs, size_t n)
                         ks_log_warn("topic_watch_compacted", "revision=%lld action=reload", (long long)ev->revision);
                         if (registry_load(m, &rev) != 0)
                                 ks_log_error("topic_reload_failed", "revision=%lld", (long long)ev->revision);
+                        notify_listener(m, NULL);
                         continue;
                 }
                 size_t tlen;
                 const char *t = config_key_topic(ev->kv.key, ev->kv.key_len, &tlen);
-                if (!t)
+                if (!t || tlen > KS_TOPIC_NAME_MAX)
                         continue;
+                char name[KS_TOPIC_NAME_MAX + 1];
+                memcpy(name, t, tlen);
+                name[tlen] = '\0';
                 pthread_rwlock_wrlock(&m->lock);
                 if (ev->type == KS_KV_EV_PUT)
                         registry_apply_pair(m, &ev->kv);
                 else
                         registry_delete_locked(m, t, tlen, ev->revision);
                 pthread_rwlock_unlock(&m->lock);
+                notify_listener(m, name);
         }
+}
+
+void ks_meta_set_topic_listener(ks_meta_t *m, ks_meta_topic_listener_fn *fn, void *opaque)
+{
+        pthread_rwlock_wrlock(&m->lock);
+        m->listener = fn;
+        m->listener_opaque = opaque;
+        pthread_rwlock_unlock(&m->lock);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -512,29 +630,21 @@ ks_err_t ks_meta_topic_create(ks_meta_t *m, ks_topic_t *t)
 
         char cfg_key[300];
         int cfg_len = topic_key(cfg_key, sizeof(cfg_key), t->name, "config");
-        size_t nops = 1 + 2 * (size_t)t->partitions;
-        ks_kv_op_t *ops = calloc(nops, sizeof(*ops));
-        char (*keys)[300] = calloc(2 * (size_t)t->partitions, sizeof(*keys));
-        uint8_t **bufs = calloc(1 + (size_t)t->partitions, sizeof(*bufs));
-        ks_err_t err = (!ops || !keys || !bufs) ? KS_ERR__NOMEM : 0;
+        uint8_t *buf = NULL;
         size_t len;
-        if (!err)
-                err = ks_meta_topic_encode(t, &bufs[0], &len);
-        if (!err) {
-                ops[0] = (ks_kv_op_t){ .type = KS_KV_OP_PUT, .key = cfg_key, .key_len = (size_t)cfg_len,
-                                       .value = bufs[0], .value_len = len };
-        }
-        if (!err)
-                err = new_partition_ops(t->name, 0, t->partitions, keys, bufs + 1, ops + 1);
+        ks_err_t err = ks_meta_topic_encode(t, &buf, &len);
         bool ok = false;
         int64_t rev = 0;
         if (!err) {
+                const ks_kv_op_t put = { .type = KS_KV_OP_PUT, .key = cfg_key, .key_len = (size_t)cfg_len,
+                                         .value = buf, .value_len = len };
                 const ks_kv_cmp_t cmp = { .key = cfg_key, .key_len = (size_t)cfg_len, .target = KS_KV_CMP_VERSION,
                                           .op = KS_KV_EQUAL, .number = 0 };
-                err = ks_kv_txn(m->kv, &cmp, 1, ops, nops, NULL, 0, &ok, &rev);
+                err = write_partitions_then_config(m, &cmp, &put, t->name, 0, t->partitions, &ok, &rev);
                 if (!err && !ok)
                         err = KS_ERR__EXISTS;
         }
+        free(buf);
         if (!err) {
                 t->mod_rev = rev;
                 pthread_rwlock_wrlock(&m->lock);
@@ -543,12 +653,6 @@ ks_err_t ks_meta_topic_create(ks_meta_t *m, ks_topic_t *t)
                 ks_log_info("topic_created", "topic=%s partitions=%d revision=%lld", t->name, t->partitions,
                             (long long)rev);
         }
-        if (bufs)
-                for (int32_t i = 0; i <= t->partitions; i++)
-                        free(bufs[i]);
-        free(bufs);
-        free(keys);
-        free(ops);
         return err;
 }
 
@@ -571,7 +675,7 @@ ks_err_t ks_meta_topic_delete(ks_meta_t *m, const char *name, const ks_uuid_t *i
                 }
                 int64_t mod_rev = res.kvs[0].mod_rev;
                 ks_topic_t cur;
-                err = ks_meta_topic_decode(res.kvs[0].value, res.kvs[0].value_len, &cur);
+                err = decode_config_pair(&res.kvs[0], &cur);
                 ks_kv_result_free(&res);
                 if (!err && id && memcmp(cur.id.b, id->b, sizeof(id->b)) != 0)
                         return KS_ERR__NOT_FOUND;
@@ -610,9 +714,8 @@ ks_err_t ks_meta_topic_load(ks_meta_t *m, const char *name, ks_topic_t *out)
                 ks_kv_result_free(&res);
                 return KS_ERR__NOT_FOUND;
         }
-        err = ks_meta_topic_decode(res.kvs[0].value, res.kvs[0].value_len, out);
+        err = decode_config_pair(&res.kvs[0], out);
         if (!err) {
-                out->mod_rev = res.kvs[0].mod_rev;
                 pthread_rwlock_wrlock(&m->lock);
                 registry_put_locked(m, out);
                 pthread_rwlock_unlock(&m->lock);
@@ -658,34 +761,26 @@ ks_err_t ks_meta_topic_add_partitions(ks_meta_t *m, ks_topic_t *t, int32_t count
         if (t->partitions < 1 || count <= t->partitions || count > KS_MAX_PARTITIONS)
                 return KS_ERR__INVALID_ARG;
         const int32_t from = t->partitions;
-        const size_t added = (size_t)(count - from);
         char cfg_key[300];
         int cfg_len = topic_key(cfg_key, sizeof(cfg_key), t->name, "config");
         ks_topic_t grown = *t;
         grown.partitions = count;
 
-        size_t nops = 1 + 2 * added;
-        ks_kv_op_t *ops = calloc(nops, sizeof(*ops));
-        char (*keys)[300] = calloc(2 * added, sizeof(*keys));
-        uint8_t **bufs = calloc(1 + added, sizeof(*bufs));
-        ks_err_t err = (!ops || !keys || !bufs) ? KS_ERR__NOMEM : 0;
+        uint8_t *buf = NULL;
         size_t len;
-        if (!err)
-                err = ks_meta_topic_encode(&grown, &bufs[0], &len);
-        if (!err)
-                ops[0] = (ks_kv_op_t){ .type = KS_KV_OP_PUT, .key = cfg_key, .key_len = (size_t)cfg_len,
-                                       .value = bufs[0], .value_len = len };
-        if (!err)
-                err = new_partition_ops(t->name, from, (int32_t)added, keys, bufs + 1, ops + 1);
+        ks_err_t err = ks_meta_topic_encode(&grown, &buf, &len);
         bool ok = false;
         int64_t rev = 0;
         if (!err) {
+                const ks_kv_op_t put = { .type = KS_KV_OP_PUT, .key = cfg_key, .key_len = (size_t)cfg_len,
+                                         .value = buf, .value_len = len };
                 const ks_kv_cmp_t cmp = { .key = cfg_key, .key_len = (size_t)cfg_len, .target = KS_KV_CMP_MOD,
                                           .op = KS_KV_EQUAL, .number = t->mod_rev };
-                err = ks_kv_txn(m->kv, &cmp, 1, ops, nops, NULL, 0, &ok, &rev);
+                err = write_partitions_then_config(m, &cmp, &put, t->name, from, count - from, &ok, &rev);
                 if (!err && !ok)
                         err = KS_ERR__CONFLICT;
         }
+        free(buf);
         if (!err) {
                 grown.mod_rev = rev;
                 *t = grown;
@@ -695,12 +790,6 @@ ks_err_t ks_meta_topic_add_partitions(ks_meta_t *m, ks_topic_t *t, int32_t count
                 ks_log_info("topic_partitions_added", "topic=%s partitions=%d previous=%d revision=%lld", t->name,
                             count, from, (long long)rev);
         }
-        if (bufs)
-                for (size_t i = 0; i <= added; i++)
-                        free(bufs[i]);
-        free(bufs);
-        free(keys);
-        free(ops);
         return err;
 }
 
@@ -826,8 +915,9 @@ ks_err_t ks_meta_partition_load(ks_meta_t *m, const char *topic, int32_t partiti
         if (!err && !have_next)
                 err = KS_ERR__NOT_FOUND;
         if (err) {
-                ks_log_error("partition_load_failed", "topic=%s partition=%d err=%s", topic, partition,
-                             ks_err_name(err));
+                if (err != KS_ERR__NOT_FOUND)
+                        ks_log_error("partition_load_failed", "topic=%s partition=%d err=%s", topic, partition,
+                                     ks_err_name(err));
                 free(out->segs);
                 memset(out, 0, sizeof(*out));
                 return err;
@@ -866,11 +956,57 @@ ks_err_t ks_meta_partition_trim(ks_meta_t *m, const char *topic, int32_t partiti
                 ops[i] = (ks_kv_op_t){ .type = KS_KV_OP_DELETE, .key = keys[i], .key_len = (size_t)kl };
         }
         bool ok;
-        if (!err)
-                err = ks_kv_txn(m->kv, NULL, 0, ops, (size_t)n, NULL, 0, &ok, NULL);
+        /* Each chunk atomic; a segment record left by a failed chunk is
+         * trimmed again on the next pass (its object is already gone). */
+        for (int start = 0; !err && start < n; start += TXN_MAX_OPS) {
+                int take = n - start < TXN_MAX_OPS ? n - start : TXN_MAX_OPS;
+                err = ks_kv_txn(m->kv, NULL, 0, ops + start, (size_t)take, NULL, 0, &ok, NULL);
+        }
         free(keys);
         free(ops);
         return err;
+}
+
+ks_err_t ks_meta_partition_init(ks_meta_t *m, const char *topic, int32_t partition)
+{
+        char next_key[320];
+        int nlen = partition_key(next_key, sizeof(next_key), topic, partition, "/next_offset");
+        const ks_kv_cmp_t absent = { .key = next_key, .key_len = (size_t)nlen, .target = KS_KV_CMP_VERSION,
+                                     .op = KS_KV_EQUAL, .number = 0 };
+        const ks_kv_op_t put = { .type = KS_KV_OP_PUT, .key = next_key, .key_len = (size_t)nlen, .value = "0",
+                                 .value_len = 1 };
+        bool created = false;
+        ks_err_t err = ks_kv_txn(m->kv, &absent, 1, &put, 1, NULL, 0, &created, NULL);
+        if (!err && created)
+                ks_log_info("partition_initialised", "topic=%s partition=%d next_offset=0", topic, partition);
+        return err;
+}
+
+/* Does the store hold next offset `next` and a segment record at seg_key
+ * for the same records as `seg` (base, last offset, size, count)? */
+static bool commit_already_applied(ks_meta_t *m, const char *next_key, size_t nlen, const char *next, size_t xlen,
+                                   const char *seg_key, size_t slen, const ks_seg_meta_t *seg)
+{
+        ks_kv_result_t res;
+        if (ks_kv_range(m->kv, next_key, nlen, NULL, 0, &res) != 0)
+                return false;
+        bool same_end = res.count == 1 && res.kvs[0].value_len == xlen && !memcmp(res.kvs[0].value, next, xlen);
+        ks_kv_result_free(&res);
+        if (!same_end || ks_kv_range(m->kv, seg_key, slen, NULL, 0, &res) != 0)
+                return false;
+        bool same_seg = false;
+        if (res.count == 1) {
+                Kafscale__Metadata__SegmentInfo *si =
+                        kafscale__metadata__segment_info__unpack(NULL, res.kvs[0].value_len, res.kvs[0].value);
+                same_seg = si && si->base_offset == seg->base_offset && si->last_offset == seg->last_offset &&
+                           si->size_bytes == seg->size_bytes && si->record_count == seg->record_count;
+                if (si)
+                        kafscale__metadata__segment_info__free_unpacked(si, NULL);
+        }
+        ks_kv_result_free(&res);
+        if (same_seg)
+                ks_log_info("segment_commit_already_applied", "key=%.*s", (int)slen, seg_key);
+        return same_seg;
 }
 
 ks_err_t ks_meta_partition_commit(ks_meta_t *m, const char *topic, int32_t partition, int64_t expect_next,
@@ -910,7 +1046,15 @@ ks_err_t ks_meta_partition_commit(ks_meta_t *m, const char *topic, int32_t parti
         ks_err_t err = ks_kv_txn(m->kv, &cmp, 1, ops, 2, NULL, 0, &ok, NULL);
         if (err)
                 return err;
-        return ok ? 0 : KS_ERR__CONFLICT;
+        if (ok)
+                return 0;
+        /* An earlier attempt whose outcome was unknown (the store timed out
+         * or became unreachable after taking it) may have applied: then the
+         * end offset is already ours and the segment record describes this
+         * very segment, and the commit is done. */
+        return commit_already_applied(m, next_key, (size_t)nlen, next, (size_t)xlen, seg_key, (size_t)slen, seg)
+                       ? 0
+                       : KS_ERR__CONFLICT;
 }
 
 /* ------------------------------------------------------------------------ */

@@ -69,8 +69,9 @@ const char *ks_meta_cluster_id(const ks_meta_t *meta);
  * [a-zA-Z0-9._-], not "." or "..".  Returns NULL if valid, else the reason. */
 const char *ks_topic_name_invalid(ks_str_t name);
 
-/* Creates a topic: config record, one PartitionState and next offset per
- * partition, all in one transaction that fails if the topic exists.
+/* Creates a topic: one PartitionState and next offset per partition, then
+ * the config record, in transactions that each apply only if the topic does
+ * not exist (the config record comes last: the topic appears complete).
  * `t` holds name, partitions, replication factor, configs; its id and
  * created_at are assigned here and written back.  KS_ERR__EXISTS if the
  * topic exists.  BLOCKING. */
@@ -109,6 +110,18 @@ ks_err_t ks_meta_topic_update(ks_meta_t *meta, ks_topic_t *t);
  * BLOCKING. */
 ks_err_t ks_meta_topic_add_partitions(ks_meta_t *meta, ks_topic_t *t, int32_t count);
 
+/* Called on the watch thread after the registry took in a change to
+ * `topic` made by anyone (this broker's own writes come back through the
+ * watch too), or with NULL after a full reload (every topic may have
+ * changed).  The registry already shows the change.  It runs with the
+ * registry read-locked: it must not call into this module, and must not
+ * block long (it delays every later change) — queue the work. */
+typedef void(ks_meta_topic_listener_fn)(void *opaque, const char *topic);
+
+/* Sets (fn NULL: clears) the listener; when it returns, the previous one is
+ * not running and will not run again.  Clear it before `opaque` dies. */
+void ks_meta_set_topic_listener(ks_meta_t *meta, ks_meta_topic_listener_fn *fn, void *opaque);
+
 /* Looks a topic up by name / id.  Non-blocking; true if found. */
 bool ks_meta_topic_get(ks_meta_t *meta, ks_str_t name, ks_topic_t *out);
 bool ks_meta_topic_get_by_id(ks_meta_t *meta, ks_uuid_t id, ks_topic_t *out);
@@ -143,16 +156,24 @@ typedef struct ks_partition_meta {
  * record.  BLOCKING. */
 ks_err_t ks_meta_partition_load(ks_meta_t *meta, const char *topic, int32_t partition, ks_partition_meta_t *out);
 
+/* Gives a partition of an existing topic that has no next-offset record
+ * (its topic was written by a tool that only knows the config record) an
+ * empty one: "0", created only if absent.  Only for partitions the topic's
+ * config counts.  BLOCKING. */
+ks_err_t ks_meta_partition_init(ks_meta_t *meta, const char *topic, int32_t partition);
+
 /* Commits a flushed segment: in one transaction, if the committed end
  * offset still equals `expect_next`, sets it to seg->last_offset + 1 and
  * records the segment in the manifest.  KS_ERR__CONFLICT if someone else
- * moved the end offset (this broker must stop writing the partition).
- * BLOCKING. */
+ * moved the end offset (this broker must stop writing the partition).  A
+ * retry of a commit that already applied (its earlier attempt's outcome was
+ * unknown) succeeds: the end offset and the segment record are this
+ * segment's.  BLOCKING. */
 ks_err_t ks_meta_partition_commit(ks_meta_t *meta, const char *topic, int32_t partition, int64_t expect_next,
                                   const ks_seg_meta_t *seg);
 
-/* Removes segments from a partition's manifest (retention), in one
- * transaction.  BLOCKING. */
+/* Removes segments from a partition's manifest (retention), in
+ * transactions of at most KS_KV_TXN_MAX_OPS.  BLOCKING. */
 ks_err_t ks_meta_partition_trim(ks_meta_t *meta, const char *topic, int32_t partition, const int64_t *bases, int n);
 
 /* --- consumer groups ------------------------------------------------------------ */

@@ -13,7 +13,9 @@ static const char *const all_vars[] = {
         "KAFSCALE_METRICS_ADDR", "KAFSCALE_DATA_DIR", "KAFSCALE_USE_MEMORY_METADATA", "KAFSCALE_ETCD_ENDPOINTS",
         "KAFSCALE_AUTO_CREATE_TOPICS", "KAFSCALE_DEFAULT_PARTITIONS", "KAFSCALE_LOG_LEVEL", "KAFSCALE_IO_THREADS",
         "KAFSCALE_MAX_REQUEST_BYTES", "KAFSCALE_CONNECTION_IDLE_MS", "KAFSCALE_MAX_CONNECTIONS",
-        "KAFSCALE_MAX_INFLIGHT_PER_CONNECTION",
+        "KAFSCALE_MAX_INFLIGHT_PER_CONNECTION", "KAFSCALE_ETCD_USERNAME", "KAFSCALE_ETCD_PASSWORD",
+        "KAFSCALE_ETCD_TIMEOUT_MS", "KAFSCALE_S3_BUCKET", "KAFSCALE_USE_MEMORY_S3",
+        "KAFSCALE_S3_ACCESS_KEY", "KAFSCALE_S3_SECRET_KEY",
 };
 
 static void clear_env(void)
@@ -75,7 +77,8 @@ TEST(config_errors)
                 { "KAFSCALE_BROKER_ID", "12abc" },         { "KAFSCALE_AUTO_CREATE_TOPICS", "maybe" },
                 { "KAFSCALE_LOG_LEVEL", "loud" },          { "KAFSCALE_DEFAULT_PARTITIONS", "0" },
                 { "KAFSCALE_MAX_REQUEST_BYTES", "10" },    { "KAFSCALE_ETCD_ENDPOINTS", "http://127.0.0.1:2379" },
-                { "KAFSCALE_DATA_DIR", "" },
+                { "KAFSCALE_DATA_DIR", "" },               { "KAFSCALE_ETCD_USERNAME", "root" },
+                { "KAFSCALE_ETCD_TIMEOUT_MS", "5" },
         };
         for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
                 clear_env();
@@ -85,6 +88,43 @@ TEST(config_errors)
                 CHECK_EQ_INT(ks_config_from_env(&cfg, err, sizeof(err)), -1);
                 CHECK(strstr(err, bad[i].var) != NULL);
         }
+        clear_env();
+}
+
+/* Cluster mode: etcd with S3; the combinations that cannot work are errors. */
+TEST(config_cluster_mode)
+{
+        ks_config_t cfg;
+        char err[512] = "";
+        clear_env();
+        setenv("KAFSCALE_ETCD_ENDPOINTS", "http://127.0.0.1:2379", 1);
+        setenv("KAFSCALE_S3_BUCKET", "records", 1);
+        setenv("KAFSCALE_S3_ACCESS_KEY", "key", 1);
+        setenv("KAFSCALE_S3_SECRET_KEY", "secret", 1);
+        int rc = ks_config_from_env(&cfg, err, sizeof(err));
+        if (rc != 0)
+                ks_test_fail(__FILE__, __LINE__, "cluster config rejected: %s", err);
+        REQUIRE_EQ_INT(rc, 0);
+        CHECK_EQ_STR(cfg.etcd_endpoints, "http://127.0.0.1:2379");
+        CHECK_EQ_INT(cfg.etcd_timeout_ms, 5000);
+
+        setenv("KAFSCALE_DATA_DIR", "", 1); /* unused in cluster mode */
+        CHECK_EQ_INT(ks_config_from_env(&cfg, err, sizeof(err)), 0);
+
+        setenv("KAFSCALE_ETCD_USERNAME", "root", 1); /* without a password */
+        CHECK_EQ_INT(ks_config_from_env(&cfg, err, sizeof(err)), -1);
+        CHECK(strstr(err, "KAFSCALE_ETCD_PASSWORD") != NULL);
+        setenv("KAFSCALE_ETCD_PASSWORD", "pw", 1);
+        CHECK_EQ_INT(ks_config_from_env(&cfg, err, sizeof(err)), 0);
+
+        setenv("KAFSCALE_USE_MEMORY_METADATA", "1", 1);
+        CHECK_EQ_INT(ks_config_from_env(&cfg, err, sizeof(err)), -1);
+        CHECK(strstr(err, "KAFSCALE_USE_MEMORY_METADATA") != NULL);
+        unsetenv("KAFSCALE_USE_MEMORY_METADATA");
+
+        unsetenv("KAFSCALE_S3_BUCKET"); /* records would stay on one machine */
+        CHECK_EQ_INT(ks_config_from_env(&cfg, err, sizeof(err)), -1);
+        CHECK(strstr(err, "KAFSCALE_S3_BUCKET") != NULL);
         clear_env();
 }
 

@@ -3,7 +3,7 @@
  *
  * Each case is a function kv_case_<name>(kv_fx_t *) that opens its store
  * through the fixture's backend descriptor, so it runs unchanged against the
- * memory, SQLite and (later) etcd backends; the TEST() lines at the bottom
+ * memory, SQLite and etcd backends; the TEST() lines at the bottom
  * instantiate every case per backend.  Cases assert revisions relative to
  * the revision they start at, so a shared store (etcd) works too.
  *
@@ -18,6 +18,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "etcd_harness.h"
 #include "meta/kv_engine.h"
 #include "test.h"
 #include "util/log.h"
@@ -113,6 +114,35 @@ static const kv_backend_t kv_sqlite = {
     .cleanup = sq_cleanup,
     .compact = engine_compact,
     .fake_clock = true,
+};
+
+/* etcd: the harness's shared single-node etcd (started on first use),
+ * its whole keyspace deleted before each case.  Its leases follow real
+ * time, so the fake-clock case is skipped (real expiry: test_kv_etcd.c). */
+static void *etcd_setup(void)
+{
+        ks_test_etcd_wipe(); /* reports its own failure */
+        return NULL;
+}
+
+static ks_kv_t *etcd_make(const ks_clock_t *clock, void *arg)
+{
+        return ks_test_etcd_open();
+}
+
+static void etcd_compact(ks_kv_t *kv, void *arg)
+{
+        ks_err_t err = ks_kv_etcd_compact(kv);
+        if (err != KS_ERR_NONE)
+                ks_test_fail(__FILE__, __LINE__, "ks_kv_etcd_compact: %s", ks_err_name(err));
+}
+
+static const kv_backend_t kv_etcd = {
+    .name = "etcd",
+    .setup = etcd_setup,
+    .make = etcd_make,
+    .compact = etcd_compact,
+    .fake_clock = false,
 };
 
 /* ------------------------------------------------------------ fixture */
@@ -1531,4 +1561,61 @@ TEST(kv_sqlite_concurrent_writers)
 TEST(kv_sqlite_reopen)
 {
         kv_run(&kv_sqlite, kv_case_sqlite_reopen);
+}
+
+TEST(kv_etcd_put_get)
+{
+        kv_run(&kv_etcd, kv_case_put_get);
+}
+TEST(kv_etcd_range_prefix)
+{
+        kv_run(&kv_etcd, kv_case_range_prefix);
+}
+TEST(kv_etcd_revisions)
+{
+        kv_run(&kv_etcd, kv_case_revisions);
+}
+TEST(kv_etcd_delete_range)
+{
+        kv_run(&kv_etcd, kv_case_delete_range);
+}
+TEST(kv_etcd_txn_compare)
+{
+        kv_run(&kv_etcd, kv_case_txn_compare);
+}
+TEST(kv_etcd_txn_branches)
+{
+        kv_run(&kv_etcd, kv_case_txn_branches);
+}
+TEST(kv_etcd_txn_create_if_absent)
+{
+        kv_run(&kv_etcd, kv_case_txn_create_if_absent);
+}
+TEST(kv_etcd_lease_basic)
+{
+        kv_run(&kv_etcd, kv_case_lease_basic);
+}
+TEST(kv_etcd_watch_events)
+{
+        kv_run(&kv_etcd, kv_case_watch_events);
+}
+TEST(kv_etcd_watch_replay)
+{
+        kv_run(&kv_etcd, kv_case_watch_replay);
+}
+TEST(kv_etcd_watch_compacted)
+{
+        kv_run(&kv_etcd, kv_case_watch_compacted);
+}
+TEST(kv_etcd_watch_cancel)
+{
+        kv_run(&kv_etcd, kv_case_watch_cancel);
+}
+TEST(kv_etcd_watch_reentrant)
+{
+        kv_run(&kv_etcd, kv_case_watch_reentrant);
+}
+TEST(kv_etcd_concurrent_writers)
+{
+        kv_run(&kv_etcd, kv_case_concurrent_writers);
 }

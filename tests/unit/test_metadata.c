@@ -1,12 +1,14 @@
 /*
  * test_metadata.c — the typed metadata layer (topics, cluster id, record
- * encodings, registry ordering), run against every in-process backend.
+ * encodings, registry ordering), run against every backend (etcd: the
+ * harness's shared instance, its keyspace deleted before each case).
  */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
+#include "etcd_harness.h"
 #include "kafscale_metadata.pb-c.h"
 #include "meta/metadata.h"
 #include "test.h"
@@ -23,6 +25,8 @@ static bool backend_open(backend_t *be, const char *name)
         be->name = name;
         if (!strcmp(name, "memory"))
                 return ks_kv_memory_new(NULL, &be->kv) == 0;
+        if (!strcmp(name, "etcd")) /* the shared test etcd, emptied first */
+                return ks_test_etcd_wipe() && (be->kv = ks_test_etcd_open()) != NULL;
         snprintf(be->dir, sizeof(be->dir), "/tmp/ks-meta-test-XXXXXX");
         if (!mkdtemp(be->dir))
                 return false;
@@ -157,6 +161,7 @@ static void check_topic_lifecycle(const char *backend)
 
 TEST(meta_topic_lifecycle_memory) { check_topic_lifecycle("memory"); }
 TEST(meta_topic_lifecycle_sqlite) { check_topic_lifecycle("sqlite"); }
+TEST(meta_topic_lifecycle_etcd) { check_topic_lifecycle("etcd"); }
 
 /* A topic written by someone else (another broker, a tool) shows up through
  * the watch; a deletion likewise. */
@@ -195,6 +200,7 @@ static void check_external_writes(const char *backend)
 
 TEST(meta_external_writes_memory) { check_external_writes("memory"); }
 TEST(meta_external_writes_sqlite) { check_external_writes("sqlite"); }
+TEST(meta_external_writes_etcd) { check_external_writes("etcd"); }
 
 TEST(meta_topic_record_roundtrip)
 {

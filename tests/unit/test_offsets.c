@@ -1,6 +1,7 @@
 /*
  * test_offsets.c — committed offsets in the metadata store (meta/offsets.h),
- * run against every in-process backend.  A wrapper backend counts the
+ * run against every backend (etcd: the harness's shared instance, its
+ * keyspace deleted before each case).  A wrapper backend counts the
  * transactions a commit makes and their size, to check the 128-op chunking.
  */
 #include <stdio.h>
@@ -10,11 +11,12 @@
 
 #include <json-c/json.h>
 
+#include "etcd_harness.h"
 #include "meta/offsets.h"
 #include "test.h"
 #include "util/clock.h"
 
-static const char *const backends[] = { "memory", "sqlite" };
+static const char *const backends[] = { "memory", "sqlite", "etcd" };
 
 /* --- a counting wrapper around a real backend ------------------------------ */
 
@@ -123,6 +125,10 @@ static bool backend_open(backend_t *be, const char *name)
         ks_kv_t *inner = NULL;
         if (!strcmp(name, "memory")) {
                 if (ks_kv_memory_new(NULL, &inner) != 0)
+                        return false;
+        } else if (!strcmp(name, "etcd")) {
+                /* The shared test etcd, emptied first. */
+                if (!ks_test_etcd_wipe() || !(inner = ks_test_etcd_open()))
                         return false;
         } else {
                 snprintf(be->dir, sizeof(be->dir), "/tmp/ks-offsets-test-XXXXXX");

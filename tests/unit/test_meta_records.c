@@ -1,0 +1,208 @@
+/*
+ * test_meta_records.c — the typed metadata layer with records it did not
+ * write itself and changes larger than one store transaction:
+ *  - a topic larger than one transaction (KS_KV_TXN_MAX_OPS) is created and
+ *    grown in several, and appears only complete;
+ *  - a TopicConfig written by another tool (no topic id, proto3 zeros, a
+ *    config map) is read with derived id and Kafka's defaults, and its
+ *    partitions start empty;
+ *  - a partition commit retried after an unknown outcome succeeds, while a
+ *    different segment at the same place is still a conflict.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kafscale_metadata.pb-c.h"
+#include "meta/metadata.h"
+#include "test.h"
+#include "util/log.h"
+
+static ks_topic_t topic_named(const char *name, int32_t parts)
+{
+        ks_topic_t t;
+        memset(&t, 0, sizeof(t));
+        snprintf(t.name, sizeof(t.name), "%s", name);
+        t.partitions = parts;
+        t.replication_factor = 1;
+        t.retention_ms = KS_DEFAULT_RETENTION_MS;
+        t.retention_bytes = KS_DEFAULT_RETENTION_BYTES;
+        t.segment_bytes = KS_DEFAULT_SEGMENT_BYTES;
+        return t;
+}
+
+/* Keys under a prefix. */
+static size_t count_prefix(ks_kv_t *kv, const char *prefix)
+{
+        uint8_t end[256];
+        size_t elen = ks_kv_prefix_end(prefix, strlen(prefix), end);
+        ks_kv_result_t res;
+        if (ks_kv_range(kv, prefix, strlen(prefix), end, elen, &res) != 0)
+                return (size_t)-1;
+        size_t n = res.count;
+        ks_kv_result_free(&res);
+        return n;
+}
+
+TEST(meta_large_topic_takes_several_transactions)
+{
+        ks_kv_t *kv = NULL;
+        ks_meta_t *m = NULL;
+        REQUIRE_EQ_INT(ks_kv_memory_new(NULL, &kv), 0);
+        REQUIRE_EQ_INT(ks_meta_open(kv, &m), 0);
+
+        /* 300 partitions: 600 partition keys + the config, > 128 per txn. */
+        ks_topic_t t = topic_named("wide", 300);
+        REQUIRE_EQ_INT(ks_meta_topic_create(m, &t), 0);
+        CHECK_EQ_INT(count_prefix(kv, "/kafscale/topics/wide/"), 601);
+        ks_topic_t again = topic_named("wide", 2);
+        CHECK_EQ_INT(ks_meta_topic_create(m, &again), KS_ERR__EXISTS);
+
+        REQUIRE_EQ_INT(ks_meta_topic_add_partitions(m, &t, 1000), 0);
+        CHECK_EQ_INT(count_prefix(kv, "/kafscale/topics/wide/"), 2001);
+        ks_topic_t got;
+        REQUIRE_EQ_INT(ks_meta_topic_load(m, "wide", &got), 0);
+        CHECK_EQ_INT(got.partitions, 1000);
+        ks_partition_meta_t pm;
+        REQUIRE_EQ_INT(ks_meta_partition_load(m, "wide", 999, &pm), 0);
+        CHECK_EQ_INT(pm.next_offset, 0);
+        free(pm.segs);
+
+        /* A stale grow (old mod_rev) writes nothing visible. */
+        ks_topic_t stale = t;
+        stale.mod_rev = 1;
+        CHECK_EQ_INT(ks_meta_topic_add_partitions(m, &stale, 1200), KS_ERR__CONFLICT);
+        REQUIRE_EQ_INT(ks_meta_topic_load(m, "wide", &got), 0);
+        CHECK_EQ_INT(got.partitions, 1000);
+
+        /* Trimming more segments than one transaction holds. */
+        int64_t bases[300];
+        for (int i = 0; i < 300; i++)
+                bases[i] = i;
+        CHECK_EQ_INT(ks_meta_partition_trim(m, "wide", 0, bases, 300), 0);
+
+        REQUIRE_EQ_INT(ks_meta_topic_delete(m, "wide", NULL), 0);
+        CHECK_EQ_INT(count_prefix(kv, "/kafscale/topics/wide/"), 0);
+        ks_meta_close(m);
+        ks_kv_destroy(kv);
+}
+
+/* A TopicConfig as a tool that knows only KafScale's schema writes it. */
+static size_t foreign_config(uint8_t *buf, size_t cap, const char *name, int32_t parts, const char *cfg_key,
+                             const char *cfg_val)
+{
+        Kafscale__Metadata__TopicConfig tc = KAFSCALE__METADATA__TOPIC_CONFIG__INIT;
+        Kafscale__Metadata__TopicConfig__ConfigEntry e = KAFSCALE__METADATA__TOPIC_CONFIG__CONFIG_ENTRY__INIT;
+        Kafscale__Metadata__TopicConfig__ConfigEntry *ep = &e;
+        tc.name = (char *)name;
+        tc.partitions = parts;
+        if (cfg_key) {
+                e.key = (char *)cfg_key;
+                e.value = (char *)cfg_val;
+                tc.n_config = 1;
+                tc.config = &ep;
+        }
+        size_t len = kafscale__metadata__topic_config__get_packed_size(&tc);
+        if (len > cap)
+                return 0;
+        kafscale__metadata__topic_config__pack(&tc, buf);
+        return len;
+}
+
+TEST(meta_topic_written_by_another_tool)
+{
+        ks_log_level_t saved = ks_log_level;
+        ks_log_set_level(KS_LOG_ERROR);
+        ks_kv_t *kv = NULL;
+        ks_meta_t *m = NULL;
+        REQUIRE_EQ_INT(ks_kv_memory_new(NULL, &kv), 0);
+        REQUIRE_EQ_INT(ks_meta_open(kv, &m), 0);
+
+        uint8_t buf[256];
+        size_t len = foreign_config(buf, sizeof(buf), "ext", 3, "retention.bytes", "1048576");
+        REQUIRE(len > 0);
+        const char *key = "/kafscale/topics/ext/config";
+        REQUIRE_EQ_INT(ks_kv_put(kv, key, strlen(key), buf, len, 0, NULL), 0);
+        ks_topic_t t;
+        REQUIRE_EQ_INT(ks_meta_topic_load(m, "ext", &t), 0);
+        CHECK_EQ_INT(t.partitions, 3);
+        CHECK_EQ_INT(t.replication_factor, 1);
+        CHECK_EQ_INT(t.retention_ms, KS_DEFAULT_RETENTION_MS);   /* 0 = absent */
+        CHECK_EQ_INT(t.retention_bytes, 1048576);                /* the map wins */
+        CHECK_EQ_INT(t.explicit_configs, KS_TOPIC_CFG_RETENTION_BYTES);
+        CHECK_EQ_INT(t.segment_bytes, KS_DEFAULT_SEGMENT_BYTES);
+        static const ks_uuid_t zero;
+        CHECK(!ks_uuid_eq(&t.id, &zero));
+
+        /* The derived id is stable (every broker derives the same). */
+        ks_meta_t *other = NULL;
+        REQUIRE_EQ_INT(ks_meta_open(kv, &other), 0);
+        ks_topic_t t2;
+        REQUIRE(ks_meta_topic_get(other, (ks_str_t){ "ext", 3 }, &t2));
+        CHECK(ks_uuid_eq(&t.id, &t2.id));
+        CHECK(ks_meta_topic_get_by_id(other, t.id, &t2));
+        ks_meta_close(other);
+
+        /* Its partitions have no records yet: initialised empty, they can
+         * be committed to. */
+        ks_partition_meta_t pm;
+        CHECK_EQ_INT(ks_meta_partition_load(m, "ext", 2, &pm), KS_ERR__NOT_FOUND);
+        CHECK_EQ_INT(ks_meta_partition_init(m, "ext", 2), 0);
+        CHECK_EQ_INT(ks_meta_partition_init(m, "ext", 2), 0); /* exists: unchanged */
+        REQUIRE_EQ_INT(ks_meta_partition_load(m, "ext", 2, &pm), 0);
+        CHECK_EQ_INT(pm.next_offset, 0);
+        free(pm.segs);
+        ks_seg_meta_t seg = { .base_offset = 0, .last_offset = 9, .size_bytes = 500, .record_count = 10 };
+        CHECK_EQ_INT(ks_meta_partition_commit(m, "ext", 2, 0, &seg), 0);
+
+        /* A record naming another topic than its key, or with a bad config
+         * value, is not a topic. */
+        len = foreign_config(buf, sizeof(buf), "other", 1, NULL, NULL);
+        const char *k2 = "/kafscale/topics/mismatch/config";
+        REQUIRE_EQ_INT(ks_kv_put(kv, k2, strlen(k2), buf, len, 0, NULL), 0);
+        CHECK_EQ_INT(ks_meta_topic_load(m, "mismatch", &t), KS_ERR__CORRUPT);
+        len = foreign_config(buf, sizeof(buf), "badcfg", 1, "retention.ms", "soon");
+        const char *k3 = "/kafscale/topics/badcfg/config";
+        REQUIRE_EQ_INT(ks_kv_put(kv, k3, strlen(k3), buf, len, 0, NULL), 0);
+        CHECK_EQ_INT(ks_meta_topic_load(m, "badcfg", &t), KS_ERR__CORRUPT);
+
+        ks_meta_close(m);
+        ks_kv_destroy(kv);
+        ks_log_set_level(saved);
+}
+
+TEST(meta_commit_retried_after_unknown_outcome)
+{
+        ks_log_level_t saved = ks_log_level;
+        ks_log_set_level(KS_LOG_WARN);
+        ks_kv_t *kv = NULL;
+        ks_meta_t *m = NULL;
+        REQUIRE_EQ_INT(ks_kv_memory_new(NULL, &kv), 0);
+        REQUIRE_EQ_INT(ks_meta_open(kv, &m), 0);
+        ks_topic_t t = topic_named("c", 1);
+        REQUIRE_EQ_INT(ks_meta_topic_create(m, &t), 0);
+
+        ks_seg_meta_t seg = { .base_offset = 0, .last_offset = 99, .size_bytes = 4096, .record_count = 100,
+                              .created_at_ms = 1767225600000LL };
+        REQUIRE_EQ_INT(ks_meta_partition_commit(m, "c", 0, 0, &seg), 0);
+        /* The same commit again (the first answer was lost): done. */
+        seg.created_at_ms += 250; /* a retry rebuilds the record */
+        CHECK_EQ_INT(ks_meta_partition_commit(m, "c", 0, 0, &seg), 0);
+        /* Another segment at the same place: someone else wrote here. */
+        ks_seg_meta_t other = seg;
+        other.size_bytes = 4000;
+        CHECK_EQ_INT(ks_meta_partition_commit(m, "c", 0, 0, &other), KS_ERR__CONFLICT);
+        other = seg;
+        other.last_offset = 49;
+        other.record_count = 50;
+        CHECK_EQ_INT(ks_meta_partition_commit(m, "c", 0, 0, &other), KS_ERR__CONFLICT);
+
+        ks_partition_meta_t pm;
+        REQUIRE_EQ_INT(ks_meta_partition_load(m, "c", 0, &pm), 0);
+        CHECK_EQ_INT(pm.next_offset, 100);
+        CHECK_EQ_INT(pm.nsegs, 1);
+        free(pm.segs);
+        ks_meta_close(m);
+        ks_kv_destroy(kv);
+        ks_log_set_level(saved);
+}
