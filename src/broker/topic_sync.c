@@ -17,6 +17,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "util/clock.h"
 #include "util/log.h"
 
 typedef char topic_name_t[KS_TOPIC_NAME_MAX + 1];
@@ -131,22 +132,11 @@ static void on_topic_change(void *opaque, const char *topic)
         pthread_mutex_unlock(&s->qmu);
 }
 
-static void deadline_in(struct timespec *ts, int64_t ms)
-{
-        clock_gettime(CLOCK_MONOTONIC, ts);
-        ts->tv_sec += ms / 1000;
-        ts->tv_nsec += (long)(ms % 1000) * 1000000L;
-        if (ts->tv_nsec >= 1000000000L) {
-                ts->tv_sec++;
-                ts->tv_nsec -= 1000000000L;
-        }
-}
-
 static void *sync_thread(void *arg)
 {
         ks_topic_sync_t *s = arg;
         struct timespec next_full;
-        deadline_in(&next_full, KS_TOPIC_SYNC_PERIOD_MS);
+        ks_deadline_after_ms(&next_full, KS_TOPIC_SYNC_PERIOD_MS);
         pthread_mutex_lock(&s->qmu);
         while (!s->stop) {
                 if (s->npending == 0 && !s->all) {
@@ -163,7 +153,7 @@ static void *sync_thread(void *arg)
                 pthread_mutex_unlock(&s->qmu);
                 if (all) {
                         ks_topic_sync_all(s);
-                        deadline_in(&next_full, KS_TOPIC_SYNC_PERIOD_MS);
+                        ks_deadline_after_ms(&next_full, KS_TOPIC_SYNC_PERIOD_MS);
                 } else {
                         for (int i = 0; i < n; i++)
                                 ks_topic_sync_one(s, batch[i]);

@@ -124,16 +124,7 @@ ks_err_t ks_kv_result_add(ks_kv_result_t *res, const ks_kv_pair_t *kv, bool valu
         return KS_ERR_NONE;
 }
 
-/* A normalised range: end == NULL: the single key; end_len == 0: to the end
- * of the keyspace; else [key, end).  Pointers borrowed. */
-typedef struct kv_span {
-        const uint8_t *key;
-        size_t key_len;
-        const uint8_t *end;
-        size_t end_len;
-} kv_span_t;
-
-static ks_err_t span_make(kv_span_t *s, const void *key, size_t key_len, const void *end, size_t end_len)
+ks_err_t ks_kv_span_make(ks_kv_span_t *s, const void *key, size_t key_len, const void *end, size_t end_len)
 {
         if (!key || key_len == 0)
                 return KS_ERR__INVALID_ARG;
@@ -208,7 +199,7 @@ static bool cmp_holds(const ks_kv_cmp_t *c, const ks_kv_pair_t *kv)
         return false;
 }
 
-static ks_err_t validate_cmps(const ks_kv_cmp_t *cmps, size_t n)
+ks_err_t ks_kv_check_cmps(const ks_kv_cmp_t *cmps, size_t n)
 {
         if (n && !cmps)
                 return KS_ERR__INVALID_ARG;
@@ -228,7 +219,7 @@ static ks_err_t validate_cmps(const ks_kv_cmp_t *cmps, size_t n)
 
 /* One branch of a txn, as etcd checks it: keys present, and no key put twice
  * or both put and deleted (etcd: "duplicate key given in txn request"). */
-static ks_err_t validate_ops(const ks_kv_op_t *ops, size_t n)
+ks_err_t ks_kv_check_ops(const ks_kv_op_t *ops, size_t n)
 {
         if (n && !ops)
                 return KS_ERR__INVALID_ARG;
@@ -236,10 +227,10 @@ static ks_err_t validate_ops(const ks_kv_op_t *ops, size_t n)
                 return KS_ERR__TOO_LARGE;
         for (size_t i = 0; i < n; i++) {
                 const ks_kv_op_t *o = &ops[i];
-                kv_span_t s = {0};
+                ks_kv_span_t s = {0};
                 if (o->type != KS_KV_OP_PUT && o->type != KS_KV_OP_DELETE)
                         return KS_ERR__INVALID_ARG;
-                if (span_make(&s, o->key, o->key_len, o->type == KS_KV_OP_DELETE ? o->range_end : NULL,
+                if (ks_kv_span_make(&s, o->key, o->key_len, o->type == KS_KV_OP_DELETE ? o->range_end : NULL,
                               o->range_end_len))
                         return KS_ERR__INVALID_ARG;
                 if (o->type == KS_KV_OP_PUT && ((!o->value && o->value_len) || o->lease < 0))
@@ -256,8 +247,8 @@ static ks_err_t validate_ops(const ks_kv_op_t *ops, size_t n)
                                 if (j > i && ks_kv_key_cmp(o->key, o->key_len, ops[i].key, ops[i].key_len) == 0)
                                         return KS_ERR__INVALID_ARG;
                         } else {
-                                kv_span_t s = {0};
-                                span_make(&s, o->key, o->key_len, o->range_end, o->range_end_len);
+                                ks_kv_span_t s = {0};
+                                ks_kv_span_make(&s, o->key, o->key_len, o->range_end, o->range_end_len);
                                 if (span_has(s.key, s.key_len, s.end, s.end_len, ops[i].key, ops[i].key_len))
                                         return KS_ERR__INVALID_ARG;
                         }
@@ -312,16 +303,6 @@ static void evbuf_free(kv_evbuf_t *b)
         memset(b, 0, sizeof(*b));
 }
 
-static void deadline_in(struct timespec *ts, int64_t ms)
-{
-        clock_gettime(CLOCK_MONOTONIC, ts);
-        ts->tv_sec += ms / 1000;
-        ts->tv_nsec += (long)(ms % 1000) * 1000000L;
-        if (ts->tv_nsec >= 1000000000L) {
-                ts->tv_sec++;
-                ts->tv_nsec -= 1000000000L;
-        }
-}
 
 static int cond_init_mono(pthread_cond_t *cv)
 {
@@ -340,7 +321,7 @@ static int cond_init_mono(pthread_cond_t *cv)
 
 struct ks_kv_watch {
         ks_kv_watch_t *next;
-        uint8_t *key; /* owned, normalised range (see kv_span_t) */
+        uint8_t *key; /* owned, normalised range (see ks_kv_span_t) */
         size_t key_len;
         uint8_t *end;
         size_t end_len;
@@ -483,7 +464,7 @@ static void *hub_main(void *arg)
                 int r = hub_next_batch(h, w, &evs, &n);
                 if (r < 0) {
                         struct timespec ts;
-                        deadline_in(&ts, KV_NOMEM_RETRY_MS);
+                        ks_deadline_after_ms(&ts, KV_NOMEM_RETRY_MS);
                         pthread_cond_timedwait(&h->work, &h->mu, &ts);
                         continue;
                 }
@@ -585,7 +566,7 @@ static void hub_publish(kv_hub_t *h, kv_evbuf_t *b, int64_t rev)
         b->n = 0; /* ownership moved to the ring */
 }
 
-static ks_err_t hub_watch(kv_hub_t *h, const kv_span_t *s, int64_t start_rev, ks_kv_watch_cb *cb, void *opaque,
+static ks_err_t hub_watch(kv_hub_t *h, const ks_kv_span_t *s, int64_t start_rev, ks_kv_watch_cb *cb, void *opaque,
                           ks_kv_watch_t **out)
 {
         ks_kv_watch_t *w = calloc(1, sizeof(*w));
@@ -790,7 +771,7 @@ static void *reaper_main(void *arg)
         while (!e->reaper_stop) {
                 expire_locked(e);
                 struct timespec ts;
-                deadline_in(&ts, KV_REAPER_PERIOD_MS);
+                ks_deadline_after_ms(&ts, KV_REAPER_PERIOD_MS);
                 pthread_cond_timedwait(&e->reaper_cv, &e->mu, &ts);
         }
         pthread_mutex_unlock(&e->mu);
@@ -835,8 +816,8 @@ static ks_err_t write_locked(kv_engine_t *e, const ks_kv_op_t *ops, size_t n, in
                         if (!err)
                                 err = so->put(e->st, &p);
                 } else {
-                        kv_span_t s = {0};
-                        span_make(&s, o->key, o->key_len, o->range_end, o->range_end_len);
+                        ks_kv_span_t s = {0};
+                        ks_kv_span_make(&s, o->key, o->key_len, o->range_end, o->range_end_len);
                         err = so->range(e->st, s.key, s.key_len, s.end, s.end_len, false, &cur);
                         for (size_t k = 0; !err && k < cur.count; k++) {
                                 err = evbuf_add(&eb, KS_KV_EV_DELETE, &cur.kvs[k], nrev);
@@ -874,13 +855,13 @@ static ks_err_t eng_range(ks_kv_t *kv, const void *key, size_t key_len, const vo
                           ks_kv_result_t *out)
 {
         kv_engine_t *e = (kv_engine_t *)kv;
-        kv_span_t s = {0};
+        ks_kv_span_t s = {0};
         ks_err_t err;
 
         if (!out)
                 return KS_ERR__INVALID_ARG;
         memset(out, 0, sizeof(*out));
-        if ((err = span_make(&s, key, key_len, range_end, range_end_len)))
+        if ((err = ks_kv_span_make(&s, key, key_len, range_end, range_end_len)))
                 return err;
         pthread_mutex_lock(&e->mu);
         expire_locked(e);
@@ -899,8 +880,8 @@ static ks_err_t eng_txn(ks_kv_t *kv, const ks_kv_cmp_t *cmps, size_t ncmps, cons
         ks_err_t err;
         bool ok = true;
 
-        if ((err = validate_cmps(cmps, ncmps)) || (err = validate_ops(success, nsuccess)) ||
-            (err = validate_ops(failure, nfailure)))
+        if ((err = ks_kv_check_cmps(cmps, ncmps)) || (err = ks_kv_check_ops(success, nsuccess)) ||
+            (err = ks_kv_check_ops(failure, nfailure)))
                 return err;
 
         pthread_mutex_lock(&e->mu);
@@ -950,7 +931,7 @@ static ks_err_t eng_delete_range(ks_kv_t *kv, const void *key, size_t key_len, c
         ks_err_t err;
         int64_t n = 0;
 
-        if ((err = validate_ops(&op, 1)))
+        if ((err = ks_kv_check_ops(&op, 1)))
                 return err;
         pthread_mutex_lock(&e->mu);
         expire_locked(e);
@@ -1060,12 +1041,12 @@ static ks_err_t eng_watch(ks_kv_t *kv, const void *key, size_t key_len, const vo
                           int64_t start_rev, ks_kv_watch_cb *cb, void *opaque, ks_kv_watch_t **out)
 {
         kv_engine_t *e = (kv_engine_t *)kv;
-        kv_span_t s = {0};
+        ks_kv_span_t s = {0};
         ks_err_t err;
 
         if (!cb || !out || start_rev < 0)
                 return KS_ERR__INVALID_ARG;
-        if ((err = span_make(&s, key, key_len, range_end, range_end_len)))
+        if ((err = ks_kv_span_make(&s, key, key_len, range_end, range_end_len)))
                 return err;
         return hub_watch(&e->hub, &s, start_rev, cb, opaque, out);
 }

@@ -51,6 +51,27 @@ ks_err_t ks_kv_engine_new(const ks_kv_store_ops_t *sops, void *st, int64_t revis
  * compaction does for watches).  No-op on a kv that is not an engine. */
 void ks_kv_engine_compact(ks_kv_t *kv);
 
+/* A normalised range: end == NULL: the single key; end_len == 0: to the end
+ * of the keyspace; else [key, end).  Pointers borrowed. */
+typedef struct ks_kv_span {
+        const uint8_t *key;
+        size_t key_len;
+        const uint8_t *end;
+        size_t end_len;
+} ks_kv_span_t;
+
+/* Normalises kv.h's (key, range_end) convention (range_end NULL: the key
+ * alone; "" or "\0": to the end of the keyspace).  KS_ERR__INVALID_ARG for
+ * an empty key. */
+ks_err_t ks_kv_span_make(ks_kv_span_t *s, const void *key, size_t key_len, const void *end, size_t end_len);
+
+/* The argument checks every backend makes, as etcd: at most
+ * KS_KV_TXN_MAX_OPS (else KS_ERR__TOO_LARGE); keys present, targets and
+ * operators known; within one branch no key put twice, or put and deleted
+ * (KS_ERR__INVALID_ARG). */
+ks_err_t ks_kv_check_cmps(const ks_kv_cmp_t *cmps, size_t n);
+ks_err_t ks_kv_check_ops(const ks_kv_op_t *ops, size_t n);
+
 /* Appends a copy of `kv` (value only when `values`) to `res`. */
 ks_err_t ks_kv_result_add(ks_kv_result_t *res, const ks_kv_pair_t *kv, bool values);
 

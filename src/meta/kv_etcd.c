@@ -202,20 +202,6 @@ ks_err_t ks_etcd_b64_decode(const char *in, size_t n, uint8_t **out, size_t *out
 
 /* ================================================================ JSON in */
 
-/* Printable copy without double quotes, for logs and messages. */
-static void copy_clean(char *dst, size_t dstlen, const char *src, size_t n)
-{
-        size_t o = 0;
-
-        if (!dstlen)
-                return;
-        for (size_t i = 0; i < n && o + 1 < dstlen; i++) {
-                unsigned char c = (unsigned char)src[i];
-                dst[o++] = (c < 0x20 || c == 0x7f) ? ' ' : (c == '"' ? '\'' : (char)c);
-        }
-        dst[o] = 0;
-}
-
 /* Parses buf as exactly one JSON object (whitespace around allowed). */
 static ks_err_t json_load(const char *buf, size_t len, json_object **out)
 {
@@ -411,7 +397,7 @@ static void error_from(json_object *msg_holder, const char *msg_field, int64_t c
 
         out->code = code < INT_MIN || code > INT_MAX ? -1 : (int)code;
         (void)j_str(msg_holder, msg_field, &s, &n);
-        copy_clean(out->message, sizeof(out->message), s, n);
+        ks_log_clean(out->message, sizeof(out->message), s, n);
 }
 
 ks_err_t ks_etcd_json_error(const char *buf, size_t len, ks_etcd_error_t *out)
@@ -669,7 +655,7 @@ ks_err_t ks_etcd_json_watch(const char *buf, size_t len, ks_etcd_watch_msg_t *ou
             (err = j_bool(r, "canceled", &out->canceled)) || (err = j_u63(r, "compact_revision", &out->compact_rev)) ||
             (err = j_str(r, "cancel_reason", &s, &n)) || (err = j_arr(r, "events", &evs)))
                 goto out;
-        copy_clean(out->cancel_reason, sizeof(out->cancel_reason), s, n);
+        ks_log_clean(out->cancel_reason, sizeof(out->cancel_reason), s, n);
         size_t cnt = evs ? json_object_array_length(evs) : 0;
         if (cnt) {
                 if (!(out->events = calloc(cnt, sizeof(*out->events)))) {
@@ -831,47 +817,10 @@ static void sb_free(sb_t *s)
         memset(s, 0, sizeof(*s));
 }
 
-/* ============================================== argument checks (as kv.c) */
-
-/* A normalised range: end == NULL: the single key; end_len == 0: to the end
- * of the keyspace; else [key, end).  Pointers borrowed. */
-typedef struct etcd_span {
-        const uint8_t *key;
-        size_t key_len;
-        const uint8_t *end;
-        size_t end_len;
-} etcd_span_t;
-
-static ks_err_t span_make(etcd_span_t *s, const void *key, size_t key_len, const void *end, size_t end_len)
-{
-        if (!key || key_len == 0)
-                return KS_ERR__INVALID_ARG;
-        s->key = key;
-        s->key_len = key_len;
-        if (!end) {
-                s->end = NULL;
-                s->end_len = 0;
-        } else if (end_len == 0 || (end_len == 1 && ((const uint8_t *)end)[0] == 0)) {
-                s->end = (const uint8_t *)"";
-                s->end_len = 0;
-        } else {
-                s->end = end;
-                s->end_len = end_len;
-        }
-        return KS_ERR_NONE;
-}
-
-static bool span_has(const etcd_span_t *s, const uint8_t *k, size_t klen)
-{
-        if (!s->end)
-                return ks_kv_key_cmp(k, klen, s->key, s->key_len) == 0;
-        if (ks_kv_key_cmp(k, klen, s->key, s->key_len) < 0)
-                return false;
-        return s->end_len == 0 || ks_kv_key_cmp(k, klen, s->end, s->end_len) < 0;
-}
+/* ============================================== ranges */
 
 /* "key":..[,"range_end":..] of a span; "\0" is etcd's "to the end". */
-static void sb_span(sb_t *b, const etcd_span_t *s)
+static void sb_span(sb_t *b, const ks_kv_span_t *s)
 {
         sb_b64(b, "key", s->key, s->key_len);
         if (s->end) {
@@ -881,64 +830,6 @@ static void sb_span(sb_t *b, const etcd_span_t *s)
                 else
                         sb_b64(b, "range_end", s->end, s->end_len);
         }
-}
-
-static ks_err_t validate_cmps(const ks_kv_cmp_t *cmps, size_t n)
-{
-        if (n && !cmps)
-                return KS_ERR__INVALID_ARG;
-        if (n > KS_KV_TXN_MAX_OPS)
-                return KS_ERR__TOO_LARGE;
-        for (size_t i = 0; i < n; i++) {
-                const ks_kv_cmp_t *c = &cmps[i];
-                if (!c->key || c->key_len == 0)
-                        return KS_ERR__INVALID_ARG;
-                if ((unsigned)c->target > KS_KV_CMP_LEASE || (unsigned)c->op > KS_KV_GREATER)
-                        return KS_ERR__INVALID_ARG;
-                if (c->target == KS_KV_CMP_VALUE && !c->value && c->value_len)
-                        return KS_ERR__INVALID_ARG;
-        }
-        return KS_ERR_NONE;
-}
-
-/* As etcd (and kv.c): at most KS_KV_TXN_MAX_OPS, keys present, no key put
- * twice or put and deleted. */
-static ks_err_t validate_ops(const ks_kv_op_t *ops, size_t n)
-{
-        if (n && !ops)
-                return KS_ERR__INVALID_ARG;
-        if (n > KS_KV_TXN_MAX_OPS)
-                return KS_ERR__TOO_LARGE;
-        for (size_t i = 0; i < n; i++) {
-                const ks_kv_op_t *o = &ops[i];
-                etcd_span_t s = {0};
-                if (o->type != KS_KV_OP_PUT && o->type != KS_KV_OP_DELETE)
-                        return KS_ERR__INVALID_ARG;
-                if (span_make(&s, o->key, o->key_len, o->type == KS_KV_OP_DELETE ? o->range_end : NULL,
-                              o->range_end_len))
-                        return KS_ERR__INVALID_ARG;
-                if (o->type == KS_KV_OP_PUT && ((!o->value && o->value_len) || o->lease < 0))
-                        return KS_ERR__INVALID_ARG;
-        }
-        for (size_t i = 0; i < n; i++) {
-                if (ops[i].type != KS_KV_OP_PUT)
-                        continue;
-                for (size_t j = 0; j < n; j++) {
-                        if (j == i)
-                                continue;
-                        const ks_kv_op_t *o = &ops[j];
-                        if (o->type == KS_KV_OP_PUT) {
-                                if (j > i && ks_kv_key_cmp(o->key, o->key_len, ops[i].key, ops[i].key_len) == 0)
-                                        return KS_ERR__INVALID_ARG;
-                        } else {
-                                etcd_span_t s = {0};
-                                span_make(&s, o->key, o->key_len, o->range_end, o->range_end_len);
-                                if (span_has(&s, ops[i].key, ops[i].key_len))
-                                        return KS_ERR__INVALID_ARG;
-                        }
-                }
-        }
-        return KS_ERR_NONE;
 }
 
 /* ================================================================ store */
@@ -1328,7 +1219,7 @@ static void answer_error(long status, const etcd_resp_t *r, ks_etcd_error_t *ee)
         if (!r->len || ks_etcd_json_error(r->buf, r->len, ee) != KS_ERR_NONE) {
                 ee->code = -1;
                 if (r->len)
-                        copy_clean(ee->message, sizeof(ee->message), r->buf, r->len);
+                        ks_log_clean(ee->message, sizeof(ee->message), r->buf, r->len);
                 else
                         snprintf(ee->message, sizeof(ee->message), "HTTP %ld", status);
         }
@@ -1601,7 +1492,7 @@ static ks_err_t etcd_range(ks_kv_t *kv, const void *key, size_t key_len, const v
                            ks_kv_result_t *out)
 {
         etcd_kv_t *e = (etcd_kv_t *)kv;
-        etcd_span_t s = {0};
+        ks_kv_span_t s = {0};
         etcd_ans_t ans;
         sb_t b = {0};
         ks_err_t err;
@@ -1609,7 +1500,7 @@ static ks_err_t etcd_range(ks_kv_t *kv, const void *key, size_t key_len, const v
         if (!out)
                 return KS_ERR__INVALID_ARG;
         memset(out, 0, sizeof(*out));
-        if ((err = span_make(&s, key, key_len, range_end, range_end_len)))
+        if ((err = ks_kv_span_make(&s, key, key_len, range_end, range_end_len)))
                 return err;
         if (est_too_large(e, est_add(0, s.key_len, s.end_len, 0)))
                 return KS_ERR__TOO_LARGE;
@@ -1626,7 +1517,7 @@ static ks_err_t etcd_range(ks_kv_t *kv, const void *key, size_t key_len, const v
 /* Appends a RequestPut / RequestDeleteRange body (no braces around). */
 static void sb_op(sb_t *b, const ks_kv_op_t *o)
 {
-        etcd_span_t s = {0};
+        ks_kv_span_t s = {0};
 
         if (o->type == KS_KV_OP_PUT) {
                 sb_put(b, "\"request_put\":{");
@@ -1638,7 +1529,7 @@ static void sb_op(sb_t *b, const ks_kv_op_t *o)
                         sb_i64(b, "lease", o->lease);
                 }
         } else {
-                span_make(&s, o->key, o->key_len, o->range_end, o->range_end_len);
+                ks_kv_span_make(&s, o->key, o->key_len, o->range_end, o->range_end_len);
                 sb_put(b, "\"request_delete_range\":{");
                 sb_span(b, &s);
         }
@@ -1660,7 +1551,7 @@ static ks_err_t etcd_put(ks_kv_t *kv, const void *key, size_t key_len, const voi
         int64_t rev;
         ks_err_t err;
 
-        if ((err = validate_ops(&op, 1)))
+        if ((err = ks_kv_check_ops(&op, 1)))
                 return err;
         if (est_too_large(e, est_add(0, key_len, value_len, 0)))
                 return KS_ERR__TOO_LARGE;
@@ -1691,15 +1582,15 @@ static ks_err_t etcd_delete_range(ks_kv_t *kv, const void *key, size_t key_len, 
                          .key_len = key_len,
                          .range_end = range_end,
                          .range_end_len = range_end_len};
-        etcd_span_t s = {0};
+        ks_kv_span_t s = {0};
         etcd_ans_t ans;
         sb_t b = {0};
         int64_t n, rev;
         ks_err_t err;
 
-        if ((err = validate_ops(&op, 1)))
+        if ((err = ks_kv_check_ops(&op, 1)))
                 return err;
-        span_make(&s, key, key_len, range_end, range_end_len);
+        ks_kv_span_make(&s, key, key_len, range_end, range_end_len);
         if (est_too_large(e, est_add(0, s.key_len, s.end_len, 0)))
                 return KS_ERR__TOO_LARGE;
         sb_put(&b, "{");
@@ -1762,8 +1653,8 @@ static ks_err_t etcd_txn(ks_kv_t *kv, const ks_kv_cmp_t *cmps, size_t ncmps, con
         int64_t rev;
         ks_err_t err;
 
-        if ((err = validate_cmps(cmps, ncmps)) || (err = validate_ops(success, nsuccess)) ||
-            (err = validate_ops(failure, nfailure)))
+        if ((err = ks_kv_check_cmps(cmps, ncmps)) || (err = ks_kv_check_ops(success, nsuccess)) ||
+            (err = ks_kv_check_ops(failure, nfailure)))
                 return err;
         for (size_t i = 0; i < ncmps; i++)
                 est = est_add(est, cmps[i].key_len, cmps[i].target == KS_KV_CMP_VALUE ? cmps[i].value_len : 0, 0);
@@ -1941,7 +1832,7 @@ typedef enum {
 struct ks_kv_watch {
         ks_kv_watch_t *next; /* e->watches, under e->mu */
         etcd_kv_t *e;
-        uint8_t *key, *end; /* owned; normalised (etcd_span_t) */
+        uint8_t *key, *end; /* owned; normalised (ks_kv_span_t) */
         size_t key_len, end_len;
         ks_kv_watch_cb *cb;
         void *opaque;
@@ -2128,7 +2019,7 @@ static ws_reason_t watch_stream(ks_kv_watch_t *w, uint64_t *gen)
         w->detail[0] = 0;
         ks_etcd_lines_reset(&w->lines);
 
-        etcd_span_t s = {.key = w->key, .key_len = w->key_len, .end = w->end, .end_len = w->end_len};
+        ks_kv_span_t s = {.key = w->key, .key_len = w->key_len, .end = w->end, .end_len = w->end_len};
         sb_put(&b, "{\"create_request\":{");
         sb_span(&b, &s);
         sb_put(&b, ",");
@@ -2293,13 +2184,13 @@ static ks_err_t etcd_watch(ks_kv_t *kv, const void *key, size_t key_len, const v
                            int64_t start_rev, ks_kv_watch_cb *cb, void *opaque, ks_kv_watch_t **out)
 {
         etcd_kv_t *e = (etcd_kv_t *)kv;
-        etcd_span_t s = {0};
+        ks_kv_span_t s = {0};
         ks_kv_watch_t *w;
         ks_err_t err;
 
         if (!cb || !out || start_rev < 0)
                 return KS_ERR__INVALID_ARG;
-        if ((err = span_make(&s, key, key_len, range_end, range_end_len)))
+        if ((err = ks_kv_span_make(&s, key, key_len, range_end, range_end_len)))
                 return err;
         if (!(w = calloc(1, sizeof(*w))))
                 return KS_ERR__NOMEM;

@@ -103,19 +103,6 @@ typedef struct s3_call {
 
 /* ------------------------------------------------------------ small helpers */
 
-static void copy_clean(char *dst, size_t dstlen, const char *src, size_t n)
-{
-        /* For log lines and operator messages: printable, no double quotes. */
-        size_t o = 0;
-        if (!dstlen)
-                return;
-        for (size_t i = 0; i < n && o + 1 < dstlen; i++) {
-                unsigned char c = (unsigned char)src[i];
-                dst[o++] = (c < 0x20 || c == 0x7f) ? ' ' : (c == '"' ? '\'' : (char)c);
-        }
-        dst[o] = '\0';
-}
-
 static char *dup_or_null(const char *s)
 {
         return s ? strdup(s) : NULL;
@@ -519,11 +506,11 @@ static int error_doc_fn(void *ctx, int depth, const char *name, size_t nlen, int
         if (depth != 2 || !end || !text)
                 return 0;
         if (name_is(name, nlen, "Code"))
-                copy_clean(c->s3_code, sizeof(c->s3_code), text, tlen);
+                ks_log_clean(c->s3_code, sizeof(c->s3_code), text, tlen);
         else if (name_is(name, nlen, "Message"))
-                copy_clean(c->s3_msg, sizeof(c->s3_msg), text, tlen);
+                ks_log_clean(c->s3_msg, sizeof(c->s3_msg), text, tlen);
         else if (name_is(name, nlen, "RequestId") && !c->request_id[0])
-                copy_clean(c->request_id, sizeof(c->request_id), text, tlen);
+                ks_log_clean(c->request_id, sizeof(c->request_id), text, tlen);
         return 0;
 }
 
@@ -709,9 +696,9 @@ static size_t on_header(char *ptr, size_t size, size_t nmemb, void *ud)
                 return n;
         }
         if ((v = header_value(ptr, n, "x-amz-request-id", &vl)))
-                copy_clean(c->request_id, sizeof(c->request_id), v, vl);
+                ks_log_clean(c->request_id, sizeof(c->request_id), v, vl);
         else if ((v = header_value(ptr, n, "x-amz-bucket-region", &vl)))
-                copy_clean(c->bucket_region, sizeof(c->bucket_region), v, vl);
+                ks_log_clean(c->bucket_region, sizeof(c->bucket_region), v, vl);
         else if ((v = header_value(ptr, n, "content-range", &vl)) && vl > 6 && !memcmp(v, "bytes ", 6)) {
                 /* "bytes S-E/T" or "bytes S-E/ *": keep S and T. */
                 const char *dash = memchr(v + 6, '-', vl - 6), *slash = memchr(v, '/', vl);
@@ -1023,7 +1010,7 @@ static attempt_t s3_attempt(s3_store_t *s, s3_call_t *c, ks_err_t *fail)
         if (c->cc != CURLE_OK) {
                 if (!c->curl_err[0])
                         snprintf(c->curl_err, sizeof(c->curl_err), "%s", curl_easy_strerror(c->cc));
-                copy_clean(c->curl_err, sizeof(c->curl_err), c->curl_err, strlen(c->curl_err));
+                ks_log_clean(c->curl_err, sizeof(c->curl_err), c->curl_err, strlen(c->curl_err));
                 c->timed_out = c->cc == CURLE_OPERATION_TIMEDOUT;
                 if (c->body_too_large) {
                         ks_log_error("s3_response_too_large", "op=%s %s=\"%s\" limit=%zu", c->op, c->subj_name, c->subj,

@@ -61,3 +61,14 @@ char *ks_time_rfc3339(int64_t wall_ms, char *buf, int size)
                  tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)(wall_ms % 1000));
         return buf;
 }
+
+void ks_deadline_after_ms(struct timespec *ts, int64_t ms)
+{
+        clock_gettime(CLOCK_MONOTONIC, ts);
+        ts->tv_sec += ms / 1000;
+        ts->tv_nsec += (long)(ms % 1000) * 1000000L;
+        if (ts->tv_nsec >= 1000000000L) {
+                ts->tv_sec++;
+                ts->tv_nsec -= 1000000000L;
+        }
+}

@@ -39,4 +39,9 @@ void ks_clock_fake_advance(ks_clock_fake_t *f, int64_t ms);
  * buf (>= 32 bytes).  Returns buf. */
 char *ks_time_rfc3339(int64_t wall_ms, char *buf, int size);
 
+struct timespec;
+/* *ts = CLOCK_MONOTONIC now + ms: a deadline for pthread_cond_timedwait on
+ * a condition variable created with pthread_condattr_setclock(MONOTONIC). */
+void ks_deadline_after_ms(struct timespec *ts, int64_t ms);
+
 #endif

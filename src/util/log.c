@@ -54,3 +54,15 @@ void ks_log_write(ks_log_level_t level, const char *event, const char *fmt, ...)
         ssize_t w = write(STDERR_FILENO, line, len);
         (void)w;
 }
+
+void ks_log_clean(char *dst, size_t dstlen, const char *src, size_t n)
+{
+        size_t o = 0;
+        if (!dstlen)
+                return;
+        for (size_t i = 0; i < n && o + 1 < dstlen; i++) {
+                unsigned char c = (unsigned char)src[i];
+                dst[o++] = (c < 0x20 || c == 0x7f) ? ' ' : (c == '"' ? '\'' : (char)c);
+        }
+        dst[o] = '\0';
+}

@@ -15,6 +15,7 @@
 #define KS_UTIL_LOG_H
 
 #include <stdbool.h>
+#include <stddef.h>
 
 typedef enum { KS_LOG_DEBUG = 0, KS_LOG_INFO = 1, KS_LOG_WARN = 2, KS_LOG_ERROR = 3 } ks_log_level_t;
 
@@ -22,6 +23,12 @@ extern ks_log_level_t ks_log_level;
 
 /* "debug", "info", "warn"/"warning", "error" -> 0 on success, -1 otherwise. */
 int ks_log_parse_level(const char *s, ks_log_level_t *out);
+
+/* Copies n bytes of untrusted text (a server's error message, a header)
+ * into dst for a log line or an operator message: control characters
+ * become spaces, double quotes single quotes; truncated to fit, always
+ * NUL-terminated (dstlen > 0). */
+void ks_log_clean(char *dst, size_t dstlen, const char *src, size_t n);
 void ks_log_set_level(ks_log_level_t level);
 
 static inline bool ks_log_enabled(ks_log_level_t level) { return level >= ks_log_level; }

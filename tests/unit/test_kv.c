@@ -21,6 +21,7 @@
 #include "etcd_harness.h"
 #include "meta/kv_engine.h"
 #include "test.h"
+#include "util/clock.h"
 #include "util/log.h"
 
 #define KV_WAIT_MS 10000
@@ -260,17 +261,6 @@ static void kv_run(const kv_backend_t *be, void (*fn)(kv_fx_t *))
         ks_log_set_level(saved);
 }
 
-static void deadline_after(struct timespec *ts, int64_t ms)
-{
-        clock_gettime(CLOCK_MONOTONIC, ts);
-        ts->tv_sec += ms / 1000;
-        ts->tv_nsec += (long)(ms % 1000) * 1000000L;
-        if (ts->tv_nsec >= 1000000000L) {
-                ts->tv_sec++;
-                ts->tv_nsec -= 1000000000L;
-        }
-}
-
 static char *dupn(const void *p, size_t n)
 {
         char *d = malloc(n + 1);
@@ -328,7 +318,7 @@ static bool col_wait(kv_col_t *c, size_t n)
         struct timespec ts;
         bool ok;
 
-        deadline_after(&ts, KV_WAIT_MS);
+        ks_deadline_after_ms(&ts, KV_WAIT_MS);
         pthread_mutex_lock(&c->mu);
         while (c->n < n && pthread_cond_timedwait(&c->cv, &c->mu, &ts) == 0)
                 ;
@@ -1146,7 +1136,7 @@ static void kv_case_watch_cancel(kv_fx_t *fx)
         pthread_mutex_unlock(&c->mu);
         CHECK_EQ_INT(put_s(kv, "/cx/a", "1", 0, NULL), KS_ERR_NONE);
         struct timespec ts;
-        deadline_after(&ts, KV_WAIT_MS);
+        ks_deadline_after_ms(&ts, KV_WAIT_MS);
         pthread_mutex_lock(&c->mu);
         while (c->entered == 0 && pthread_cond_timedwait(&c->cv, &c->mu, &ts) == 0)
                 ;
