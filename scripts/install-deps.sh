@@ -23,8 +23,14 @@ TEST_PKGS=(
   clang libclang-rt-14-dev
   kcat librdkafka-dev
   python3-confluent-kafka python3-kafka python3-pytest python3-botocore python3-prometheus-client
-  etcd-server etcd-client
+  etcd-server etcd-client   # etcd + etcdctl: cluster-mode tests start their own clusters
+  protobuf-compiler         # protoc --decode/--encode: independent reader of etcd records
   valgrind
+)
+# Installed when the distribution has them (apt-cache policy shows a
+# candidate); the tests fall back to something else when they are missing.
+OPTIONAL_TEST_PKGS=(
+  awscli                    # /usr/bin/aws lists S3 objects in tests (fallback: botocore)
 )
 
 want_test=0
@@ -42,7 +48,19 @@ die() { printf 'install-deps: ERROR: %s\n' "$*" >&2; exit 1; }
 command -v dpkg-query >/dev/null 2>&1 || die "dpkg-query not found: this script supports Debian/Ubuntu (apt) only"
 
 pkgs=("${BUILD_PKGS[@]}")
-if [[ $want_test -eq 1 ]]; then pkgs+=("${TEST_PKGS[@]}"); fi
+if [[ $want_test -eq 1 ]]; then pkgs+=("${TEST_PKGS[@]}" "${OPTIONAL_TEST_PKGS[@]}"); fi
+
+# An optional package is wanted only if apt knows a version of it.
+has_candidate() {
+  local c
+  c="$(apt-cache policy "$1" 2>/dev/null | awk '/Candidate:/ {print $2; exit}')"
+  [[ -n "$c" && "$c" != "(none)" ]]
+}
+is_optional() {
+  local o
+  for o in "${OPTIONAL_TEST_PKGS[@]}"; do [[ "$o" == "$1" ]] && return 0; done
+  return 1
+}
 
 # --- which Debian packages are missing? (one dpkg-query call) --------------
 declare -A installed=()
@@ -51,8 +69,14 @@ while read -r name status; do
 done < <(dpkg-query -W -f='${Package} ${db:Status-Status}\n' "${pkgs[@]}" 2>/dev/null || true)
 
 missing=()
+optional_later=()   # optional packages apt does not know yet (lists may be stale)
 for p in "${pkgs[@]}"; do
-  [[ -n "${installed[$p]:-}" ]] || missing+=("$p")
+  [[ -n "${installed[$p]:-}" ]] && continue
+  if [[ $want_test -eq 1 ]] && is_optional "$p"; then
+    if has_candidate "$p"; then missing+=("$p"); else optional_later+=("$p"); fi
+  else
+    missing+=("$p")
+  fi
 done
 
 # --- npm tools (test only) --------------------------------------------------
@@ -127,6 +151,14 @@ if [[ ${#missing[@]} -gt 0 ]]; then
   if ! apt_run update; then
     log "WARNING: apt-get update reported errors; trying to install anyway"
   fi
+  # With fresh package lists an optional package may now be available.
+  for p in "${optional_later[@]+"${optional_later[@]}"}"; do
+    if has_candidate "$p"; then
+      missing+=("$p")
+    else
+      log "optional package $p is not available here; tests use their fallback"
+    fi
+  done
   log "installing: ${missing[*]}"
   apt_run install -y --no-install-recommends "${missing[@]}" \
     || die "apt-get install failed for: ${missing[*]}"

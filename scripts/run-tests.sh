@@ -2,12 +2,15 @@
 # Every test suite, as CI runs it (`make test` installs test deps, then runs this):
 #   1. build (make all)                    5. integration tests, ASan+UBSan broker
 #   2. unit tests                          6. integration tests, normal broker
-#   3. ASan+UBSan build (make asan)        7. fuzz targets (make fuzz), short runs
-#   4. unit tests under ASan+UBSan
+#   3. ASan+UBSan build (make asan)        7. integration tests, cluster mode
+#   4. unit tests under ASan+UBSan            (etcd + s3rver), normal broker
+#                                          8. fuzz targets (make fuzz), short runs
 # Stops at the first failure and says which step failed.
 #
 # Knobs: FUZZ_SECONDS (per target, default 20), JOBS (make -j, default 2),
-#        PYTEST_ARGS (extra pytest arguments, e.g. "-x -k bad_input").
+#        PYTEST_ARGS (extra pytest arguments, e.g. "-x -k bad_input"),
+#        CLUSTER_TESTS (modules of step 7, default: the list below; "all" =
+#        the whole integration suite in cluster mode).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -64,10 +67,24 @@ have_integration_tests() {
   compgen -G "tests/integration/test_*.py" >/dev/null
 }
 
-run_integration() {  # $1 = broker binary
-  KAFSCALE_BROKER_BIN="$ROOT/$1" "$PYTHON" -m pytest -q -p no:cacheprovider \
-    tests/integration "${PYTEST_EXTRA[@]+"${PYTEST_EXTRA[@]}"}"
+run_integration() {  # $1 = broker binary, then test paths (default: all)
+  local bin="$1"; shift
+  [[ $# -gt 0 ]] || set -- tests/integration
+  KAFSCALE_BROKER_BIN="$ROOT/$bin" "$PYTHON" -m pytest -q -p no:cacheprovider \
+    "$@" "${PYTEST_EXTRA[@]+"${PYTEST_EXTRA[@]}"}"
 }
+
+# Step 7: these modules run again with KAFSCALE_TEST_MODE=cluster, every
+# broker on one session etcd + s3rver (tests/integration/conftest.py);
+# test_cluster_etcd.py starts its own etcd clusters and s3rver.
+CLUSTER_MODULES=(
+  test_produce_consume.py test_produce_raw.py
+  test_groups.py test_ops_groups_raw.py
+  test_ops_configs.py test_ops_example.py test_offset_for_leader_epoch.py
+  test_rdkafka_admin.py test_topics_clients.py
+  test_durability.py
+  test_cluster_etcd.py
+)
 
 # --- 1-2: normal build and unit tests ---------------------------------------
 begin "build (make -j$JOBS all)"
@@ -103,13 +120,30 @@ unset ASAN_OPTIONS UBSAN_OPTIONS
 # --- 6: integration tests against the normal binary --------------------------
 if have_integration_tests; then
   begin "integration tests, normal broker"
-  run_integration build/kafscale-broker
+  # test_cluster_etcd.py runs in step 7 (same binary; it brings its own etcd).
+  run_integration build/kafscale-broker tests/integration \
+    --ignore=tests/integration/test_cluster_etcd.py
   end
 else
   skip "integration tests, normal broker" "no tests/integration/test_*.py"
 fi
 
-# --- 7: fuzzing --------------------------------------------------------------
+# --- 7: the same broker in cluster mode: etcd metadata, records in s3rver ------
+if [[ -f tests/integration/test_cluster_etcd.py ]]; then
+  begin "integration tests, cluster mode (etcd + s3rver)"
+  if [[ "${CLUSTER_TESTS:-}" == "all" ]]; then
+    cluster_paths=(tests/integration)
+  else
+    read -r -a cluster_names <<< "${CLUSTER_TESTS:-${CLUSTER_MODULES[*]}}"
+    cluster_paths=("${cluster_names[@]/#/tests/integration/}")
+  fi
+  KAFSCALE_TEST_MODE=cluster run_integration build/kafscale-broker "${cluster_paths[@]}"
+  end
+else
+  skip "integration tests, cluster mode (etcd + s3rver)" "no tests/integration/test_cluster_etcd.py"
+fi
+
+# --- 8: fuzzing --------------------------------------------------------------
 if compgen -G "tests/fuzz/*.c" >/dev/null; then
   begin "fuzz targets build (make fuzz)"
   make -j"$JOBS" fuzz

@@ -22,6 +22,31 @@ status 0 and the log has no sanitizer reports.
 A module that wants one broker for all its tests uses `module_broker`
 instead. A module that needs extra broker environment (e.g. etcd/S3 settings)
 overrides the module-scoped `broker_extra_env` fixture.
+
+`broker.objects` is a view of the broker's object store, whatever its
+backend (harness.LocalObjects or harness.S3Objects): keys(prefix), get(key),
+put(key, data), keys relative to the namespace ("topic/0/segment-...kfs").
+
+Modes (env KAFSCALE_TEST_MODE):
+
+    embedded (default)  as above: SQLite metadata + local object directory
+    s3                  like cluster below, without etcd: SQLite metadata,
+                        records in the session s3rver
+    cluster             ONE etcd and ONE s3rver for the whole session
+                        (harness.ClusterBackend); every `broker` /
+                        `module_broker` (and conftest._run_broker) also gets
+                            KAFSCALE_ETCD_ENDPOINTS     the session etcd
+                            KAFSCALE_S3_BUCKET/_ENDPOINT/_ACCESS_KEY/_SECRET_KEY
+                            KAFSCALE_S3_NAMESPACE       unique per broker fixture
+                            KAFSCALE_FLUSH_INTERVAL_MS  20
+                        then the module's `broker_extra_env` on top (a module
+                        with its own KAFSCALE_S3_BUCKET keeps its S3). etcd
+                        keys under /kafscale/ (and all leases) are wiped
+                        before each broker fixture starts.
+
+Tests marked `@pytest.mark.embedded_only("why")` need embedded metadata
+(SQLite or KAFSCALE_USE_MEMORY_METADATA) and are skipped in cluster mode.
+Tests that read objects use `broker.objects`, so they run in every mode.
 """
 
 import os
@@ -32,6 +57,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+import harness
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_BROKER_BIN = REPO_ROOT / "build" / "kafscale-broker"
@@ -50,18 +77,11 @@ SANITIZER_MARKERS = (
 )
 
 
-def free_ports(n):
-    """n distinct free TCP ports on 127.0.0.1 (bound together, then released)."""
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+TEST_MODE = os.environ.get("KAFSCALE_TEST_MODE", "") or "embedded"
+TEST_MODES = ("embedded", "cluster", "s3")
+CLUSTER_MODE = TEST_MODE in ("cluster", "s3")   # brokers get the shared backend
+
+free_ports = harness.free_ports
 
 
 class Broker:
@@ -80,6 +100,7 @@ class Broker:
         self.proc = None
         self.starts = 0
         self.unclean_exits = []  # (incarnation, returncode) of unexpected exits
+        self.backend = None      # cluster mode: the harness lease (etcd, namespace)
 
     @property
     def bootstrap(self):
@@ -97,6 +118,16 @@ class Broker:
         })
         env.update(self.extra_env)
         return env
+
+    @property
+    def objects(self):
+        """View of this broker's object store (see the module docstring)."""
+        env = self.env()
+        key = (str(self.data_dir),) + tuple(env.get(k) for k in (
+            "KAFSCALE_S3_BUCKET", "KAFSCALE_S3_ENDPOINT", "KAFSCALE_S3_NAMESPACE", "KAFSCALE_USE_MEMORY_S3"))
+        if getattr(self, "_objects", (None,))[0] != key:
+            self._objects = (key, harness.objects_for_env(env, self.data_dir))
+        return self._objects[1]
 
     # --- logs ------------------------------------------------------------
     def log_text(self):
@@ -136,8 +167,9 @@ class Broker:
         self._note("start #%d: %s on %s" % (self.starts, self.binary, self.bootstrap))
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [str(self.binary)], env=self.env(), cwd=str(self.workdir),
+                harness.die_with_parent([self.binary]), env=self.env(), cwd=str(self.workdir),
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+        harness.register_process(self.proc)  # killed at exit if a teardown never ran
         self._wait_ready()
 
     def _wait_ready(self):
@@ -215,29 +247,108 @@ def broker_extra_env():
     return {}
 
 
-def _run_broker(tmp_path_factory, extra_env):
-    b = Broker(_broker_bin(), tmp_path_factory.mktemp("broker"), extra_env)
+_cluster_backend = None
+
+
+def cluster_backend(tmp_path_factory):
+    """The session's shared etcd + s3rver (cluster mode), started on first use
+    and stopped at the end of the session (pytest_sessionfinish)."""
+    global _cluster_backend
+    if _cluster_backend is None:
+        b = harness.ClusterBackend(tmp_path_factory.mktemp("cluster-backend"),
+                                   with_etcd=TEST_MODE == "cluster")
+        try:
+            b.start()
+        except harness.HarnessError as e:
+            pytest.fail("cluster mode: %s" % e, pytrace=False)
+        _cluster_backend = b
+    return _cluster_backend
+
+
+def _run_broker(tmp_path_factory, extra_env, label=None):
+    workdir = tmp_path_factory.mktemp("broker")
+    lease = None
+    env = extra_env
+    if CLUSTER_MODE:
+        try:
+            env, lease = cluster_backend(tmp_path_factory).broker_env(extra_env, label, workdir)
+        except harness.HarnessError as e:
+            pytest.fail("cluster mode: %s" % e, pytrace=False)
+    b = Broker(_broker_bin(), workdir, env)
+    b.backend = lease
     try:
-        b.start()
-    except BaseException:
-        b.stop()  # start-up already failed with the log attached; just clean up
-        raise
-    try:
-        yield b
+        try:
+            b.start()
+        except BaseException:
+            b.stop()  # start-up already failed with the log attached; just clean up
+            raise
+        try:
+            yield b
+        finally:
+            b.finish()
     finally:
-        b.finish()
+        if lease is not None:
+            lease.release()
 
 
 @pytest.fixture
-def broker(tmp_path_factory, broker_extra_env):
+def broker(request, tmp_path_factory, broker_extra_env):
     """A fresh broker for this test."""
-    yield from _run_broker(tmp_path_factory, broker_extra_env)
+    yield from _run_broker(tmp_path_factory, broker_extra_env, request.node.name)
 
 
 @pytest.fixture(scope="module")
-def module_broker(tmp_path_factory, broker_extra_env):
+def module_broker(request, tmp_path_factory, broker_extra_env):
     """One broker shared by all tests of a module (opt-in)."""
-    yield from _run_broker(tmp_path_factory, broker_extra_env)
+    yield from _run_broker(tmp_path_factory, broker_extra_env, request.node.name)
+
+
+# ---------------------------------------------------------------------------
+# Modes and markers
+# ---------------------------------------------------------------------------
+
+def _sigterm_as_interrupt(signum, frame):
+    raise KeyboardInterrupt("SIGTERM")
+
+
+def pytest_configure(config):
+    # A SIGTERM to pytest (e.g. a CI timeout) ends the run like Ctrl-C, so
+    # finalizers, pytest_sessionfinish and the harness's exit sweep still stop
+    # every etcd, s3rver and broker started here.
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    config.addinivalue_line(
+        "markers", "embedded_only(reason): needs embedded metadata (the SQLite file, "
+        "KAFSCALE_USE_MEMORY_METADATA, or a feature cluster mode lacks); skipped when "
+        "KAFSCALE_TEST_MODE=cluster")
+    if TEST_MODE not in TEST_MODES:
+        raise pytest.UsageError("KAFSCALE_TEST_MODE=%r: use 'embedded' (default), 'cluster' or 's3'"
+                                % TEST_MODE)
+
+
+def pytest_report_header(config):
+    return "kafscale test mode: %s" % {
+        "embedded": "embedded (SQLite + local object directory)",
+        "cluster": "cluster (brokers on one session etcd + s3rver)",
+        "s3": "s3 (SQLite metadata, records in one session s3rver)"}[TEST_MODE]
+
+
+def pytest_collection_modifyitems(config, items):
+    if TEST_MODE != "cluster":
+        return
+    for item in items:
+        m = item.get_closest_marker("embedded_only")
+        if m is not None:
+            why = (m.args[0] if m.args else m.kwargs.get("reason")) or "embedded backends only"
+            item.add_marker(pytest.mark.skip(reason="embedded only (KAFSCALE_TEST_MODE=%s): %s"
+                                             % (TEST_MODE, why)))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    global _cluster_backend
+    if _cluster_backend is not None:
+        _cluster_backend.stop()
+        _cluster_backend = None
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -247,5 +358,11 @@ def pytest_runtest_makereport(item, call):
     report = outcome.get_result()
     if report.when == "call" and report.failed:
         funcargs = getattr(item, "funcargs", {}) or {}
-        for b in (v for v in funcargs.values() if isinstance(v, Broker)):
+        extra = getattr(item, "kafscale_brokers", None) or []   # brokers a test started itself
+        for b in [v for v in funcargs.values() if isinstance(v, Broker)] + list(extra):
             report.sections.append(("broker log tail: %s" % b.log_path, b.log_tail()))
+            if b.backend is not None:
+                report.sections.append(("backend (KAFSCALE_TEST_MODE=%s)" % TEST_MODE,
+                                        "etcd %s, S3 namespace %s" % (
+                                            b.backend.etcd.endpoints if b.backend.etcd else "none",
+                                            b.backend.namespace)))

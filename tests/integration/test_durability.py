@@ -3,6 +3,10 @@ objects have the documented keys and format (checked by an independent
 reader written here), corrupted objects are refused rather than served, and
 deleting a topic deletes its data for good.
 
+Objects are read through `broker.objects` (conftest): the local object
+directory in embedded mode, the S3 bucket + namespace in cluster mode, so
+every test here runs in both modes.
+
 Segment format (SYSTEM.md section 4), all integers big-endian:
 
   .kfs    header 32: "KAFS" | u16 version=1 | u16 flags=0 | i64 base offset |
@@ -14,7 +18,6 @@ Segment format (SYSTEM.md section 4), all integers big-endian:
           entries:   i64 absolute batch offset | i32 byte position in .kfs
 """
 
-import os
 import re
 import socket
 import struct
@@ -61,12 +64,19 @@ def _need(cond, path, msg):
         raise FormatError("%s: %s" % (path, msg))
 
 
-def read_segment(path):
-    """Parses and verifies one .kfs file. Returns a dict: base_offset,
-    record_count, created_ms, last_offset, body_len, batches (each with 'pos',
-    the batch's byte position in the file, and the fields of
+def _bytes_of(data, path):
+    if isinstance(data, (bytes, bytearray)):
+        return bytes(data), path
+    return data.read_bytes(), data  # a pathlib.Path
+
+
+def read_segment(data, path="segment"):
+    """Parses and verifies one .kfs object (its bytes, or a Path to read;
+    `path` names it in errors). Returns a dict: base_offset, record_count,
+    created_ms, last_offset, body_len, batches (each with 'pos', the batch's
+    byte position in the file, and the fields of
     test_produce_raw.parse_batches)."""
-    data = path.read_bytes()
+    data, path = _bytes_of(data, path)
     _need(len(data) >= 48, path, "only %d bytes" % len(data))
     magic, version, flags, base, count, created, reserved = struct.unpack_from(">4sHHqiqI", data, 0)
     _need(magic == b"KAFS", path, "header magic %r" % magic)
@@ -101,8 +111,8 @@ def read_segment(path):
             "last_offset": last, "body_len": len(body), "batches": batches}
 
 
-def read_index(path):
-    data = path.read_bytes()
+def read_index(data, path="index"):
+    data, path = _bytes_of(data, path)
     _need(len(data) >= 16, path, "only %d bytes" % len(data))
     magic, version, count, interval, _reserved = struct.unpack_from(">4sHiiH", data, 0)
     _need(magic == b"IDX\0", path, "index magic %r" % magic)
@@ -134,29 +144,33 @@ def check_index_against_segment(idx, seg, path):
     _need(entries == want, path, "index entries %r, expected %r (interval %d)" % (entries, want, interval))
 
 
-def partition_dir(broker, topic, partition):
-    return broker.data_dir / "objects" / "default" / topic / str(partition)
+def partition_prefix(topic, partition):
+    """Key prefix of a partition's objects, relative to the namespace."""
+    return "%s/%d/" % (topic, partition)
 
 
 def read_partition_objects(broker, topic, partition):
     """All segments of a partition, verified, in offset order, with the
     checks across segments: names match headers, every .kfs has its .index,
     segments are contiguous from offset 0. Returns (segments, next offset)."""
-    d = partition_dir(broker, topic, partition)
-    names = sorted(os.listdir(d)) if d.exists() else []
+    store = broker.objects
+    prefix = partition_prefix(topic, partition)
+    d = store.describe(prefix)
     kfs, idx = {}, {}
-    for n in names:
+    for key in store.keys(prefix):
+        n = key[len(prefix):]
         m = SEGMENT_NAME.match(n)
-        assert m, "%s: unexpected file %s" % (d, n)
-        (kfs if m.group(2) == "kfs" else idx)[int(m.group(1))] = d / n
+        assert m, "%s: unexpected object %s" % (d, n)
+        (kfs if m.group(2) == "kfs" else idx)[int(m.group(1))] = key
     assert set(kfs) == set(idx), "%s: .kfs bases %s, .index bases %s" % (d, sorted(kfs), sorted(idx))
     segs = []
     expect = 0
     for base in sorted(kfs):
-        seg = read_segment(kfs[base])
+        seg = read_segment(store.get(kfs[base]), store.describe(kfs[base]))
         assert seg["base_offset"] == base, "%s: header base %d" % (kfs[base], seg["base_offset"])
         assert base == expect, "%s: segment starts at %d, previous ended at %d" % (d, base, expect - 1)
-        check_index_against_segment(read_index(idx[base]), seg, idx[base])
+        check_index_against_segment(read_index(store.get(idx[base]), store.describe(idx[base])), seg,
+                                    store.describe(idx[base]))
         segs.append(seg)
         expect = seg["last_offset"] + 1
     return segs, expect
@@ -460,7 +474,8 @@ def test_segment_objects_format(broker):
         assert len(segs[3]["batches"]) > 1, "setup: pipelined batches in separate segments"
         for s in segs:
             assert t_start - 60000 <= s["created_ms"] <= int(time.time() * 1000) + 60000, s["created_ms"]
-            idx = read_index(partition_dir(broker, topic, p) / ("segment-%020d.index" % s["base_offset"]))
+            idx = read_index(broker.objects.get(partition_prefix(topic, p) +
+                                                ("segment-%020d.index" % s["base_offset"])))
             multi_entry_index |= len(idx["entries"]) > 1
         # The body holds exactly what was produced.
         stored = [r for s in segs for b in s["batches"] for r in raw.decode_records(b)]
@@ -506,17 +521,16 @@ def test_segment_objects_hold_client_compressed_batches(broker):
 # Corruption
 # ---------------------------------------------------------------------------
 
-def _corrupt_body_byte(path):
-    data = bytearray(path.read_bytes())
+def _corrupt_body_byte(data):
+    data = bytearray(data)
     body_len = len(data) - 48
     pos = 32 + body_len // 2
     data[pos] ^= 0x5A
-    path.write_bytes(bytes(data))
+    return bytes(data)
 
 
-def _truncate_footer(path):
-    data = path.read_bytes()
-    path.write_bytes(data[:-7])  # "END!" and 3 bytes of the last offset gone
+def _truncate_footer(data):
+    return data[:-7]  # "END!" and 3 bytes of the last offset gone
 
 
 @pytest.mark.parametrize("cache_bytes", ["0", "4194304"], ids=["cache0", "cache4m"])
@@ -537,10 +551,12 @@ def test_corrupt_segment_is_not_served(broker, damage, cache_bytes):
     assert [s["base_offset"] for s in segs] == [0, 10, 20]
 
     broker.stop()
-    victim = partition_dir(broker, topic, 0) / "segment-00000000000000000000.kfs"
-    damage(victim)
+    victim = partition_prefix(topic, 0) + "segment-00000000000000000000.kfs"
+    damaged = damage(broker.objects.get(victim))
+    broker.objects.put(victim, damaged)
+    assert broker.objects.get(victim) == damaged
     with pytest.raises(FormatError):
-        read_segment(victim)  # our own reader sees the damage too
+        read_segment(damaged)  # our own reader sees the damage too
     broker.extra_env["KAFSCALE_CACHE_BYTES"] = cache_bytes
     log_before = len(broker.log_text())
     broker.start()
@@ -615,10 +631,8 @@ def metadata_topic_ids(c, names):
     return out
 
 
-def files_under(path):
-    if not path.exists():
-        return []
-    return [os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs]
+def topic_objects(broker, topic):
+    return broker.objects.keys(topic + "/")
 
 
 def test_topic_deletion_answers_parked_fetch(broker):
@@ -644,7 +658,6 @@ def test_topic_deletion_answers_parked_fetch(broker):
 
 def test_topic_deletion_removes_data(broker):
     topic = "ephemeral"
-    topic_dir = broker.data_dir / "objects" / "default" / topic
     with conn(broker) as c:
         old_id = raw.create_topic(c, topic, 2)
         assert metadata_topic_ids(c, [topic])[topic] == (0, old_id)
@@ -652,7 +665,7 @@ def test_topic_deletion_removes_data(broker):
             for i in range(3):
                 r = raw.produce(c, 9, topic, p, raw.build_batch(raw.simple_records(20, b"old%d" % i)), acks=1)
                 assert r["error_code"] == 0
-        assert len(files_under(topic_dir)) == 2 * 3 * 2
+        assert len(topic_objects(broker, topic)) == 2 * 3 * 2
         # A topic that must keep its data.
         raw.create_topic(c, "bystander", 1)
         assert raw.produce(c, 9, "bystander", 0, raw.build_batch(raw.simple_records(3, b"b")),
@@ -661,8 +674,8 @@ def test_topic_deletion_removes_data(broker):
         res = kw.decode_delete_topics(c.request(kw.DELETE_TOPICS, 6,
                                                 kw.delete_topics_body(6, [topic])), 6)
         assert res[topic][0] == 0, res
-        wait_until(lambda: not files_under(topic_dir),
-                   "the topic's objects to be deleted (left: %s)" % files_under(topic_dir)[:4])
+        wait_until(lambda: not topic_objects(broker, topic),
+                   "the topic's objects to be deleted (left: %s)" % topic_objects(broker, topic)[:4])
         assert metadata_topic_ids(c, [topic])[topic][0] == raw.UNKNOWN_TOPIC_OR_PARTITION
 
         new_id = raw.create_topic(c, topic, 2)

@@ -881,6 +881,8 @@ TOPIC_NAME_LEN = 100
 N_PIPELINED = 10_000
 
 
+@pytest.mark.embedded_only("runs on KAFSCALE_USE_MEMORY_METADATA (400 topics created fast), which "
+                            "excludes KAFSCALE_ETCD_ENDPOINTS")
 @pytest.mark.parametrize("broker_extra_env", [{"KAFSCALE_IO_THREADS": "1",
                                                "KAFSCALE_USE_MEMORY_METADATA": "1"}],
                          ids=["one-io-thread"])

@@ -26,7 +26,6 @@ from kafka.admin import ConfigResourceType as KConfigResourceType
 from kafka.admin import KafkaAdminClient
 from kafka.admin import NewPartitions as KNewPartitions
 
-import conftest
 import kafka_wire as kw
 
 DESCRIBE_CONFIGS = 32
@@ -91,11 +90,17 @@ def wait_until(cond, what, timeout=CONDITION_TIMEOUT_S, interval=0.05):
 
 
 def expected_broker_values(broker):
-    """The broker's keys under the test fixture (local object store)."""
+    """The broker's keys under the test fixture: local object store, or (in
+    the suite's cluster mode, conftest.py) the S3 settings it was given."""
+    env = broker.env()
+    bucket = env.get("KAFSCALE_S3_BUCKET") or None
     return {"broker.id": "0", "advertised.listeners": "PLAINTEXT://%s:%d" % (broker.host, broker.port),
-            "kafscale.s3.bucket": None, "kafscale.s3.region": None, "kafscale.s3.endpoint": None,
+            "kafscale.s3.bucket": bucket,
+            "kafscale.s3.region": (env.get("KAFSCALE_S3_REGION") or "us-east-1") if bucket else None,
+            "kafscale.s3.endpoint": env.get("KAFSCALE_S3_ENDPOINT") if bucket else None,
             "kafscale.cache.bytes": "268435456", "kafscale.readahead.segments": "2",
-            "kafscale.segment.bytes": "4194304", "kafscale.flush.interval.ms": "5"}
+            "kafscale.segment.bytes": "4194304",
+            "kafscale.flush.interval.ms": env.get("KAFSCALE_FLUSH_INTERVAL_MS") or ("150" if bucket else "5")}
 
 
 # ---------------------------------------------------------------------------
@@ -938,29 +943,25 @@ def test_configs_and_partitions_survive_restart(broker):
         cons.close()
 
 
-def test_segment_bytes_bounds_flush(tmp_path_factory):
+@pytest.mark.parametrize("broker_extra_env", [{"KAFSCALE_FLUSH_INTERVAL_MS": "60000"}], ids=["flush-60s"])
+def test_segment_bytes_bounds_flush(broker):
     """With a one-minute flush interval only the size bound can flush
     within the test: a topic whose segment.bytes is 2048 gets its produce
     acknowledged at once and its data written as several small segments;
     without the bound the acknowledgement would wait the full minute."""
-    b = conftest.Broker(conftest._broker_bin(), tmp_path_factory.mktemp("broker"),
-                        {"KAFSCALE_FLUSH_INTERVAL_MS": "60000"})
-    b.start()
-    try:
-        create_topic(b, "small-seg", 1)
-        with kw.Conn(b.host, b.port) as c:
-            assert incremental(c, 1, [(TOPIC, "small-seg", [("segment.bytes", OP_SET, "2048")])]) == \
-                [(0, None, TOPIC, "small-seg")]
-            [res] = describe(c, 4, [(BROKER, "0", ["kafscale.flush.interval.ms"])])
-            assert res["configs"][0]["value"] == "60000"
-        p = Producer({"bootstrap.servers": b.bootstrap, "acks": "all", "linger.ms": 0,
-                      "max.in.flight.requests.per.connection": 1})
-        t0 = time.monotonic()
-        for i in range(8):
-            p.produce("small-seg", value=bytes([65 + i]) * 3000, partition=0)
-            assert p.flush(20) == 0, "record %d not acknowledged within 20 s" % i
-        assert time.monotonic() - t0 < 30
-        segs = list((b.data_dir / "objects").rglob("small-seg/0/*.kfs"))
-        assert len(segs) >= 8, segs
-    finally:
-        b.finish()
+    b = broker
+    create_topic(b, "small-seg", 1)
+    with kw.Conn(b.host, b.port) as c:
+        assert incremental(c, 1, [(TOPIC, "small-seg", [("segment.bytes", OP_SET, "2048")])]) == \
+            [(0, None, TOPIC, "small-seg")]
+        [res] = describe(c, 4, [(BROKER, "0", ["kafscale.flush.interval.ms"])])
+        assert res["configs"][0]["value"] == "60000"
+    p = Producer({"bootstrap.servers": b.bootstrap, "acks": "all", "linger.ms": 0,
+                  "max.in.flight.requests.per.connection": 1})
+    t0 = time.monotonic()
+    for i in range(8):
+        p.produce("small-seg", value=bytes([65 + i]) * 3000, partition=0)
+        assert p.flush(20) == 0, "record %d not acknowledged within 20 s" % i
+    assert time.monotonic() - t0 < 30
+    segs = [k for k in b.objects.keys("small-seg/0/") if k.endswith(".kfs")]
+    assert len(segs) >= 8, segs

@@ -4,7 +4,6 @@ store, the log start offset moves (ListOffsets earliest, Fetch
 LogStartOffset), a consumer from the beginning starts at the new log start,
 and one positioned below it is reset by auto.offset.reset."""
 
-import os
 import time
 
 import pytest
@@ -24,8 +23,9 @@ def broker_extra_env():
 
 
 def objects(broker):
-    d = os.path.join(broker.data_dir, "objects", "default", TOPIC, "0")
-    return sorted(f for f in os.listdir(d) if f.endswith(".kfs")) if os.path.isdir(d) else []
+    """Names of partition 0's segment objects (local directory or S3)."""
+    prefix = TOPIC + "/0/"
+    return sorted(k[len(prefix):] for k in broker.objects.keys(prefix) if k.endswith(".kfs"))
 
 
 def produce(bs, n, ts, start):

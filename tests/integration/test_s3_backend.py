@@ -17,23 +17,20 @@ atomically; the suite is told so (KAFSCALE_TEST_S3_SERVER=s3rver) and
 reports the two atomicity assertions as NOTE lines instead of checking them.
 """
 
-import http.client
 import os
 import re
-import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
+import harness
+from harness import BUCKET, S3RVER_JS  # noqa: F401  (re-exported for other modules)
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 UNIT_BIN = Path(os.environ.get("KAFSCALE_UNIT_TESTS_BIN", REPO_ROOT / "build" / "kafscale-unit-tests"))
-S3RVER_JS = REPO_ROOT / ".tools" / "node_modules" / "s3rver" / "bin" / "s3rver.js"
-BUCKET = "kafscale"
 
-S3RVER_START_DEADLINE_S = 20.0
 SUITE_DEADLINE_S = 300.0
 # Per operation the unit test allows 4 attempts x 2 s + backoffs; it runs 4
 # operations. The whole binary must finish well within this.
@@ -42,74 +39,10 @@ DOWN_DEADLINE_S = 60.0
 SUMMARY_RE = re.compile(r"^(\d+) tests run, (\d+) passed, (\d+) failed$", re.M)
 
 
-def free_port():
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-    finally:
-        s.close()
-
-
-class S3rver:
-    """An s3rver process on 127.0.0.1:<free port> with a fresh directory."""
-
-    def __init__(self, workdir):
-        self.dir = Path(workdir) / "s3rver-data"
-        self.dir.mkdir(parents=True)
-        self.log_path = Path(workdir) / "s3rver.log"
-        self.port = free_port()
-        self.endpoint = "http://127.0.0.1:%d" % self.port
-        self.proc = None
-
-    def start(self):
-        node = shutil.which("node")
-        if not node or not S3RVER_JS.is_file():
-            pytest.fail("s3rver is not installed (%s); run `make test-deps` "
-                        "(scripts/install-deps.sh --test)" % S3RVER_JS)
-        self.log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(
-            [node, "--openssl-legacy-provider", str(S3RVER_JS), "-d", str(self.dir),
-             "-a", "127.0.0.1", "-p", str(self.port), "--silent", "--configure-bucket", BUCKET],
-            stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + S3RVER_START_DEADLINE_S
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail("s3rver exited with %s at start; log:\n%s" % (self.proc.returncode, self.log_text()))
-            if self.bucket_ready():
-                return self
-            time.sleep(0.05)
-        self.stop()
-        pytest.fail("s3rver did not serve bucket %r within %.0f s; log:\n%s"
-                    % (BUCKET, S3RVER_START_DEADLINE_S, self.log_text()))
-
-    def bucket_ready(self):
-        try:
-            c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=1)
-            c.request("HEAD", "/" + BUCKET)
-            status = c.getresponse().status
-            c.close()
-            return status == 200
-        except OSError:
-            return False
-
-    def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        if getattr(self, "log", None):
-            self.log.close()
-            self.log = None
-
-    def log_text(self):
-        try:
-            return self.log_path.read_text(errors="replace")[-4000:]
-        except OSError:
-            return "(no log)"
+# The S3rver helper lives in harness.py (shared with the cluster-mode
+# tests); other modules import it from here too.
+free_port = harness.free_port
+S3rver = harness.S3rver
 
 
 @pytest.fixture(scope="module")
