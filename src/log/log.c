@@ -50,6 +50,7 @@ typedef struct batchent {
 typedef struct segdata {
         int refs; /* atomic */
         int64_t base, next; /* [base, next) */
+        int32_t epoch;      /* leader epoch it is written at (object key, batches) */
         uint8_t *buf;
         size_t len, cap;
         batchent_t *b;
@@ -96,6 +97,7 @@ struct ks_partition {
         int64_t hwm;
         int64_t next;
         int64_t flush_bytes; /* flush target: min(segment_bytes, the topic's segment.bytes) */
+        int32_t leader_epoch; /* epoch new records are written at (0 until ownership says otherwise) */
         int64_t retention_ms;    /* -1: unlimited */
         int64_t retention_bytes; /* -1: unlimited */
         seg_t *segs;
@@ -780,12 +782,13 @@ static ks_err_t put_segment(ks_log_t *log, ks_partition_t *p, segdata_t *d, ks_s
                         biov[biovcnt - 1],
                 };
                 char key[512];
-                ks_segment_key(key, sizeof(key), log->ns, p->topic, p->index, d->base, KS_SEGMENT_EXT_KFS);
+                ks_segment_key_epoch(key, sizeof(key), log->ns, p->topic, p->index, d->base, d->epoch,
+                                     KS_SEGMENT_EXT_KFS);
                 err = ks_objstore_put(log->store, key, iov, 3);
                 if (!err) {
                         struct iovec iiov = { (void *)index, index_len };
-                        ks_segment_key(key, sizeof(key), log->ns, p->topic, p->index, d->base,
-                                       KS_SEGMENT_EXT_INDEX);
+                        ks_segment_key_epoch(key, sizeof(key), log->ns, p->topic, p->index, d->base, d->epoch,
+                                             KS_SEGMENT_EXT_INDEX);
                         err = ks_objstore_put(log->store, key, &iiov, 1);
                 }
                 if (!err) {
@@ -797,6 +800,7 @@ static ks_err_t put_segment(ks_log_t *log, ks_partition_t *p, segdata_t *d, ks_s
                         m->max_timestamp_offset = d->max_ts_offset;
                         m->created_at_ms = created;
                         m->record_count = d->records;
+                        m->leader_epoch = d->epoch;
                 }
         }
         ks_segment_builder_destroy(&b);
@@ -929,6 +933,8 @@ ks_err_t ks_partition_append(ks_partition_t *p, uint8_t *buf, size_t len, const 
                 err = KS_ERR_KAFKA_STORAGE_ERROR;
         } else if (!p->active && !(p->active = segdata_new(p->next))) {
                 err = KS_ERR__NOMEM;
+        } else if (p->active->nb == 0) {
+                p->active->epoch = p->leader_epoch;
         }
         bool first = false;
         if (!err) {
@@ -946,6 +952,7 @@ ks_err_t ks_partition_append(ks_partition_t *p, uint8_t *buf, size_t len, const 
                         size_t pos = d->len;
                         memcpy(d->buf + pos, buf + bi->pos, bi->size);
                         ks_batch_set_base_offset(d->buf + pos, p->next);
+                        ks_batch_set_leader_epoch(d->buf + pos, d->epoch); /* outside the CRC */
                         segdata_note_batch(d, bi, p->next, pos);
                         d->len += bi->size;
                         p->next += (int64_t)bi->last_offset_delta + 1;
@@ -1058,11 +1065,11 @@ ks_err_t ks_segref_read(ks_segref_t *ref, int64_t offset, size_t max_bytes, ks_r
 
 /* Reads segment `base` from the object store into the cache; *pin (may be
  * NULL) receives a reference to it that survives eviction.  BLOCKING. */
-static ks_err_t load_segment(ks_partition_t *p, int64_t base, segdata_t **pin)
+static ks_err_t load_segment(ks_partition_t *p, int64_t base, int32_t epoch, segdata_t **pin)
 {
         ks_log_t *log = p->log;
         char key[512];
-        ks_segment_key(key, sizeof(key), log->ns, p->topic, p->index, base, KS_SEGMENT_EXT_KFS);
+        ks_segment_key_epoch(key, sizeof(key), log->ns, p->topic, p->index, base, epoch, KS_SEGMENT_EXT_KFS);
         ks_objbuf_t ob = { 0 };
         ks_err_t err = ks_objstore_get(log->store, key, 0, -1, &ob);
         if (err) {
@@ -1115,7 +1122,8 @@ static ks_err_t load_range(ks_partition_t *p, const ks_seg_meta_t *m, int64_t of
         ks_log_t *log = p->log;
         int64_t window = log->cfg.ranged_read_window > 0 ? log->cfg.ranged_read_window : (1 << 20);
         char key[512];
-        ks_segment_key(key, sizeof(key), log->ns, p->topic, p->index, m->base_offset, KS_SEGMENT_EXT_INDEX);
+        ks_segment_key_epoch(key, sizeof(key), log->ns, p->topic, p->index, m->base_offset, m->leader_epoch,
+                             KS_SEGMENT_EXT_INDEX);
         ks_objbuf_t ib = { 0 };
         ks_err_t err = ks_objstore_get(log->store, key, 0, -1, &ib);
         if (err)
@@ -1129,7 +1137,8 @@ static ks_err_t load_range(ks_partition_t *p, const ks_seg_meta_t *m, int64_t of
                 return KS_ERR__CORRUPT;
         }
         ks_objbuf_free(&ib);
-        ks_segment_key(key, sizeof(key), log->ns, p->topic, p->index, m->base_offset, KS_SEGMENT_EXT_KFS);
+        ks_segment_key_epoch(key, sizeof(key), log->ns, p->topic, p->index, m->base_offset, m->leader_epoch,
+                             KS_SEGMENT_EXT_KFS);
         int64_t pos = pos32, body_end = m->size_bytes - KS_SEGMENT_FOOTER_SIZE;
         for (;;) {
                 int64_t want = body_end - pos < window ? body_end - pos : window;
@@ -1209,6 +1218,7 @@ ks_err_t ks_partition_load_for_read(ks_partition_t *p, int64_t offset, ks_segref
         }
 
         int64_t bases[17];
+        int32_t epochs[17];
         int n = 0;
         segdata_t *cached = NULL;
         pthread_mutex_lock(&p->lock);
@@ -1219,8 +1229,10 @@ ks_err_t ks_partition_load_for_read(ks_partition_t *p, int64_t offset, ks_segref
                 segdata_ref(cached);
         }
         for (int j = i; i >= 0 && j < p->nsegs && n < 17 && j <= i + ahead; j++)
-                if (!p->segs[j].data)
-                        bases[n++] = p->segs[j].m.base_offset;
+                if (!p->segs[j].data) {
+                        bases[n] = p->segs[j].m.base_offset;
+                        epochs[n++] = p->segs[j].m.leader_epoch;
+                }
         pthread_mutex_unlock(&p->lock);
         if (i < 0)
                 return KS_ERR_OFFSET_OUT_OF_RANGE;
@@ -1229,7 +1241,7 @@ ks_err_t ks_partition_load_for_read(ks_partition_t *p, int64_t offset, ks_segref
                 /* The segment holding `offset` (pinned) unless it was
                  * cached already, then read-ahead. */
                 bool wanted = k == 0 && !cached;
-                ks_err_t e = load_segment(p, bases[k], wanted ? &cached : NULL);
+                ks_err_t e = load_segment(p, bases[k], epochs[k], wanted ? &cached : NULL);
                 if (wanted)
                         err = e;
                 if (e)
@@ -1391,10 +1403,13 @@ ks_err_t ks_partition_load_for_timestamp(ks_partition_t *p, int64_t ts)
                         break;
                 }
         }
-        if (pick >= 0 && !p->segs[pick].data)
+        int32_t epoch = 0;
+        if (pick >= 0 && !p->segs[pick].data) {
                 base = p->segs[pick].m.base_offset;
+                epoch = p->segs[pick].m.leader_epoch;
+        }
         pthread_mutex_unlock(&p->lock);
-        return base >= 0 ? load_segment(p, base, NULL) : 0;
+        return base >= 0 ? load_segment(p, base, epoch, NULL) : 0;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -1509,6 +1524,17 @@ void ks_log_topic_configure(ks_log_t *log, const ks_topic_t *t)
         pthread_rwlock_unlock(&log->topics_lock);
 }
 
+void ks_partition_set_leader_epoch(ks_partition_t *p, int32_t epoch)
+{
+        pthread_mutex_lock(&p->lock);
+        p->leader_epoch = epoch;
+        /* A chunk that already holds records keeps the epoch it began at;
+         * the next one takes the new epoch. */
+        if (p->active && p->active->nb > 0 && p->active->epoch != epoch)
+                seal_active_locked(p);
+        pthread_mutex_unlock(&p->lock);
+}
+
 ks_partition_t *ks_log_partition(ks_log_t *log, ks_str_t topic, int32_t partition)
 {
         if (topic.len <= 0)
@@ -1620,6 +1646,7 @@ static void enforce_partition(ks_log_t *log, ks_partition_t *p)
 {
         int64_t wall = ks_clock_wall_ms(ks_clock_system());
         int64_t bases[64];
+        int32_t epochs[64];
         int n = 0;
         pthread_mutex_lock(&p->lock);
         int64_t total = 0;
@@ -1632,7 +1659,8 @@ static void enforce_partition(ks_log_t *log, ks_partition_t *p)
                 bool by_size = p->retention_bytes >= 0 && total - m->size_bytes >= p->retention_bytes;
                 if (!by_time && !by_size)
                         break;
-                bases[n++] = m->base_offset;
+                bases[n] = m->base_offset;
+                epochs[n++] = m->leader_epoch;
                 total -= m->size_bytes;
         }
         pthread_mutex_unlock(&p->lock);
@@ -1668,9 +1696,11 @@ static void enforce_partition(ks_log_t *log, ks_partition_t *p)
         }
         for (int i = 0; i < n; i++) {
                 char key[512];
-                ks_segment_key(key, sizeof(key), log->ns, p->topic, p->index, bases[i], KS_SEGMENT_EXT_KFS);
+                ks_segment_key_epoch(key, sizeof(key), log->ns, p->topic, p->index, bases[i], epochs[i],
+                                     KS_SEGMENT_EXT_KFS);
                 ks_err_t e1 = ks_objstore_del(log->store, key);
-                ks_segment_key(key, sizeof(key), log->ns, p->topic, p->index, bases[i], KS_SEGMENT_EXT_INDEX);
+                ks_segment_key_epoch(key, sizeof(key), log->ns, p->topic, p->index, bases[i], epochs[i],
+                                     KS_SEGMENT_EXT_INDEX);
                 ks_err_t e2 = ks_objstore_del(log->store, key);
                 if (e1 || e2)
                         ks_log_warn("retention_object_not_deleted", "topic=%s partition=%d base=%lld err=%s",

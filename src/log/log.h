@@ -110,6 +110,13 @@ void ks_log_topic_drop(ks_log_t *log, const char *topic, const ks_uuid_t *id);
 ks_partition_t *ks_log_partition(ks_log_t *log, ks_str_t topic, int32_t partition);
 void ks_partition_release(ks_partition_t *p);
 
+/* Records appended from now on are written at leader epoch `epoch`: their
+ * batches carry it (PartitionLeaderEpoch), their segments' objects are
+ * keyed by it (storage/segment.h) and the manifest records it.  Set by
+ * ownership when it acquires the partition, before it serves.  Epoch 0
+ * (the default) keeps the plain keys. */
+void ks_partition_set_leader_epoch(ks_partition_t *p, int32_t epoch);
+
 /* Offsets (snapshot under the partition lock). */
 typedef struct ks_partition_offsets {
         int64_t log_start;   /* earliest offset still available */

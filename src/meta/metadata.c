@@ -908,6 +908,7 @@ ks_err_t ks_meta_partition_load(ks_meta_t *m, const char *topic, int32_t partiti
                 s->max_timestamp = si->max_timestamp;
                 s->max_timestamp_offset = si->max_timestamp_offset;
                 s->record_count = si->record_count;
+                s->leader_epoch = si->leader_epoch;
                 s->created_at_ms = parse_rfc3339_ms(si->created_at);
                 kafscale__metadata__segment_info__free_unpacked(si, NULL);
         }
@@ -999,7 +1000,8 @@ static bool commit_already_applied(ks_meta_t *m, const char *next_key, size_t nl
                 Kafscale__Metadata__SegmentInfo *si =
                         kafscale__metadata__segment_info__unpack(NULL, res.kvs[0].value_len, res.kvs[0].value);
                 same_seg = si && si->base_offset == seg->base_offset && si->last_offset == seg->last_offset &&
-                           si->size_bytes == seg->size_bytes && si->record_count == seg->record_count;
+                           si->size_bytes == seg->size_bytes && si->record_count == seg->record_count &&
+                           si->leader_epoch == seg->leader_epoch;
                 if (si)
                         kafscale__metadata__segment_info__free_unpacked(si, NULL);
         }
@@ -1029,6 +1031,7 @@ ks_err_t ks_meta_partition_commit(ks_meta_t *m, const char *topic, int32_t parti
         si.max_timestamp_offset = seg->max_timestamp_offset;
         si.index_size_bytes = seg->index_size_bytes;
         si.record_count = seg->record_count;
+        si.leader_epoch = seg->leader_epoch;
         uint8_t sbuf[256];
         size_t sl = kafscale__metadata__segment_info__get_packed_size(&si);
         if (sl > sizeof(sbuf))

@@ -142,6 +142,7 @@ typedef struct ks_seg_meta {
         int64_t max_timestamp_offset;
         int64_t created_at_ms;
         int32_t record_count;
+        int32_t leader_epoch;         /* the epoch it was written at: part of its object keys */
 } ks_seg_meta_t;
 
 /* What a partition's owner recovers from the store. */

@@ -21,21 +21,30 @@ static const uint8_t INDEX_MAGIC[4] = { 'I', 'D', 'X', '\0' };
 
 /* ---- keys ---- */
 
-int ks_segment_key(char *buf, size_t len, const char *ns, const char *topic, int32_t partition, int64_t base_offset,
-                   const char *ext)
+int ks_segment_key_epoch(char *buf, size_t len, const char *ns, const char *topic, int32_t partition,
+                         int64_t base_offset, int32_t epoch, const char *ext)
 {
-        if (!buf || !ns || !topic || !ext || partition < 0 || base_offset < 0)
+        if (!buf || !ns || !topic || !ext || partition < 0 || base_offset < 0 || epoch < 0)
                 return -1;
         if (strcmp(ext, KS_SEGMENT_EXT_KFS) != 0 && strcmp(ext, KS_SEGMENT_EXT_INDEX) != 0)
                 return -1;
-        int n = snprintf(buf, len, "%s/%s/%" PRId32 "/" SEGMENT_PREFIX "%020" PRId64 ".%s", ns, topic, partition,
-                         base_offset, ext);
+        char sfx[16] = "";
+        if (epoch > 0)
+                snprintf(sfx, sizeof(sfx), "-e%" PRId32, epoch);
+        int n = snprintf(buf, len, "%s/%s/%" PRId32 "/" SEGMENT_PREFIX "%020" PRId64 "%s.%s", ns, topic, partition,
+                         base_offset, sfx, ext);
         if (n < 0 || (size_t)n >= len)
                 return -1;
         return n;
 }
 
-ks_err_t ks_segment_key_parse(const char *key, int64_t *base_offset, const char **ext)
+int ks_segment_key(char *buf, size_t len, const char *ns, const char *topic, int32_t partition, int64_t base_offset,
+                   const char *ext)
+{
+        return ks_segment_key_epoch(buf, len, ns, topic, partition, base_offset, 0, ext);
+}
+
+ks_err_t ks_segment_key_parse(const char *key, int64_t *base_offset, int32_t *epoch, const char **ext)
 {
         if (!key)
                 return KS_ERR__PARSE;
@@ -54,6 +63,21 @@ ks_err_t ks_segment_key_parse(const char *key, int64_t *base_offset, const char 
                 v = v * 10 + digit;
         }
         const char *e = d + DIGITS;
+        uint32_t ep = 0;
+        if (e[0] == '-' && e[1] == 'e') {
+                /* "-e" + 1..10 digits, no leading zero, at most INT32_MAX, above 0 */
+                e += 2;
+                int nd = 0;
+                if (*e < '1' || *e > '9')
+                        return KS_ERR__PARSE;
+                while (*e >= '0' && *e <= '9') {
+                        uint32_t digit = (uint32_t)(*e - '0');
+                        if (++nd > 10 || ep > ((uint32_t)INT32_MAX - digit) / 10)
+                                return KS_ERR__PARSE;
+                        ep = ep * 10 + digit;
+                        e++;
+                }
+        }
         const char *which;
         if (strcmp(e, "." KS_SEGMENT_EXT_KFS) == 0)
                 which = KS_SEGMENT_EXT_KFS;
@@ -62,6 +86,8 @@ ks_err_t ks_segment_key_parse(const char *key, int64_t *base_offset, const char 
         else
                 return KS_ERR__PARSE;
         *base_offset = (int64_t)v;
+        if (epoch)
+                *epoch = (int32_t)ep;
         if (ext)
                 *ext = which;
         return KS_ERR_NONE;

@@ -55,25 +55,37 @@
 #define KS_SEGMENT_EXT_KFS   "kfs"
 #define KS_SEGMENT_EXT_INDEX "index"
 
-/* Longest key ks_segment_key writes beyond the namespace and topic:
- * "/" + partition (10) + "/segment-" + 20 digits + ".index" + NUL. */
-#define KS_SEGMENT_KEY_EXTRA 48
+/* Longest key ks_segment_key_epoch writes beyond the namespace and topic:
+ * "/" + partition (10) + "/segment-" + 20 digits + "-e" + 10 digits +
+ * ".index" + NUL. */
+#define KS_SEGMENT_KEY_EXTRA 59
 
 /* ---- keys ---- */
 
 /* Writes "{ns}/{topic}/{partition}/segment-{base:%020d}.{ext}" into @buf
- * (@len bytes, NUL-terminated).  Returns the key's length, or -1 if it does
- * not fit, @partition or @base_offset is negative, or @ext is not "kfs" or
- * "index". */
+ * (@len bytes, NUL-terminated) for a segment written at leader epoch 0, and
+ * "…/segment-{base:%020d}-e{epoch}.{ext}" for one written at a later epoch:
+ * two owners of a partition (a new one and a paused one that does not know
+ * it lost the partition yet) never write the same key, so a late write of
+ * the old owner cannot replace an object the new one committed.  The
+ * manifest records each segment's epoch.  Returns the key's length, or -1
+ * if it does not fit, @partition, @base_offset or @epoch is negative, or
+ * @ext is not "kfs" or "index". */
+int ks_segment_key_epoch(char *buf, size_t len, const char *ns, const char *topic, int32_t partition,
+                         int64_t base_offset, int32_t epoch, const char *ext);
+
+/* ks_segment_key_epoch() at epoch 0. */
 int ks_segment_key(char *buf, size_t len, const char *ns, const char *topic, int32_t partition, int64_t base_offset,
                    const char *ext);
 
-/* Parses the last path component of @key ("segment-" + exactly 20 digits +
- * ".kfs" or ".index"); the directories before it are not looked at.
- * *@base_offset gets the offset, *@ext (may be NULL) the static string
- * KS_SEGMENT_EXT_KFS or KS_SEGMENT_EXT_INDEX.  KS_ERR__PARSE for anything
- * else (including offsets beyond INT64_MAX). */
-ks_err_t ks_segment_key_parse(const char *key, int64_t *base_offset, const char **ext);
+/* Parses the last path component of @key ("segment-" + exactly 20 digits,
+ * optionally "-e" + an epoch above 0 without leading zeros, then ".kfs" or
+ * ".index"); the directories before it are not looked at.  *@base_offset
+ * gets the offset, *@epoch (may be NULL) the epoch (0 without suffix), *@ext
+ * (may be NULL) the static string KS_SEGMENT_EXT_KFS or
+ * KS_SEGMENT_EXT_INDEX.  KS_ERR__PARSE for anything else (including values
+ * beyond INT64_MAX / INT32_MAX). */
+ks_err_t ks_segment_key_parse(const char *key, int64_t *base_offset, int32_t *epoch, const char **ext);
 
 /* ---- builder ---- */
 

@@ -149,7 +149,7 @@ static void check_key(const uint8_t *data, size_t size)
         key[n] = '\0';
         int64_t base;
         const char *ext;
-        if (ks_segment_key_parse(key, &base, &ext) != KS_ERR_NONE)
+        if (ks_segment_key_parse(key, &base, NULL, &ext) != KS_ERR_NONE)
                 return;
         FUZZ_ASSERT(base >= 0);
         int k = ks_segment_key(again, sizeof(again), "ns", "topic", 0, base, ext);

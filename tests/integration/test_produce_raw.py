@@ -185,8 +185,12 @@ def decode_records(batch):
     return out
 
 
-def patched(batch_bytes, base_offset):
-    return struct.pack(">q", base_offset) + batch_bytes[8:]
+def patched(batch_bytes, base_offset, leader_epoch=0):
+    """A batch as the broker stores and serves it: base offset assigned and
+    partitionLeaderEpoch set to the leader's epoch (0 for a partition that
+    never changed owner), as Kafka does; both are outside the CRC."""
+    return (struct.pack(">q", base_offset) + batch_bytes[8:12] + struct.pack(">i", leader_epoch)
+            + batch_bytes[16:])
 
 
 # ---------------------------------------------------------------------------

@@ -14,6 +14,7 @@
 #include "log/log.h"
 #include "net/loop.h"
 #include "storage/objstore_faulty.h"
+#include "storage/segment.h"
 #include "test.h"
 #include "util/bytes.h"
 
@@ -495,5 +496,78 @@ TEST(log_cold_reads_of_large_segments_use_ranged_gets)
         CHECK(contiguous);
         /* Many small GETs (index + windows), not one per segment. */
         CHECK(__atomic_load_n(&f.faults.gets, __ATOMIC_SEQ_CST) - gets0 > 4);
+        fixture_destroy(&f);
+}
+
+/* A partition written at leader epoch 3: batches carry the epoch, objects
+ * are keyed by it, the manifest records it, cold reads and retention find
+ * them; records written before the change keep their epoch-0 keys. */
+TEST(log_segments_written_at_a_leader_epoch)
+{
+        fixture_t f;
+        REQUIRE(fixture_init(&f, 0));
+        acks_t a = { 0, 0 };
+        int64_t base;
+        REQUIRE_EQ_INT(append(&f, 0, 5, &a, &base), 0);
+        REQUIRE(wait_acks(&a, 1));
+        ks_partition_t *p = ks_log_partition(f.log, KS_STR("t"), 0);
+        REQUIRE(p != NULL);
+        ks_partition_set_leader_epoch(p, 3);
+        ks_partition_release(p);
+        for (int i = 0; i < 3; i++) {
+                REQUIRE_EQ_INT(append(&f, 0, 5, &a, &base), 0);
+                REQUIRE(wait_acks(&a, i + 2));
+        }
+        CHECK_EQ_INT(a.ok, 4);
+
+        ks_objlist_t l;
+        REQUIRE_EQ_INT(ks_objstore_list(f.inner, "default/t/0/", &l), 0);
+        int plain = 0, at3 = 0;
+        for (size_t i = 0; i < l.count; i++) {
+                int64_t b;
+                int32_t e;
+                REQUIRE_EQ_INT(ks_segment_key_parse(l.items[i].key, &b, &e, NULL), 0);
+                if (e == 0)
+                        plain++;
+                else if (e == 3)
+                        at3++;
+        }
+        ks_objlist_free(&l);
+        CHECK_EQ_INT(plain, 2); /* the first segment, .kfs + .index */
+        CHECK_EQ_INT(at3, 6);
+
+        ks_partition_meta_t pm;
+        REQUIRE_EQ_INT(ks_meta_partition_load(f.meta, "t", 0, &pm), 0);
+        REQUIRE_EQ_INT(pm.nsegs, 4);
+        CHECK_EQ_INT(pm.segs[0].leader_epoch, 0);
+        CHECK_EQ_INT(pm.segs[3].leader_epoch, 3);
+        free(pm.segs);
+
+        /* Cold reads (no cache) after a restart find every segment, and the
+         * batches of epoch 3 say so. */
+        ks_log_close(f.log);
+        REQUIRE(fixture_open_log(&f));
+        bool contiguous;
+        CHECK_EQ_INT(read_all(&f, 0, &contiguous), 20);
+        CHECK(contiguous);
+        p = ks_log_partition(f.log, KS_STR("t"), 0);
+        ks_segref_t *pin = NULL;
+        REQUIRE_EQ_INT(ks_partition_load_for_read(p, 15, &pin), 0);
+        ks_read_t rd;
+        REQUIRE_EQ_INT(ks_segref_read(pin, 15, 1 << 20, &rd), 0);
+        ks_batch_info_t bi;
+        REQUIRE_EQ_INT(ks_batch_header_parse(rd.data, rd.len, &bi), 0);
+        CHECK_EQ_INT(bi.partition_leader_epoch, 3);
+        ks_segref_release(rd.ref);
+        ks_segref_release(pin);
+
+        /* Retention removes the epoch-keyed objects too. */
+        f.topic.retention_ms = 1000; /* the records are from 2023 */
+        ks_log_topic_configure(f.log, &f.topic);
+        ks_log_enforce_retention(f.log);
+        REQUIRE_EQ_INT(ks_objstore_list(f.inner, "default/t/0/", &l), 0);
+        CHECK_EQ_INT((int)l.count, 0);
+        ks_objlist_free(&l);
+        ks_partition_release(p);
         fixture_destroy(&f);
 }

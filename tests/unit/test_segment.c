@@ -415,11 +415,11 @@ TEST(segment_keys)
         CHECK_EQ_INT(ks_segment_key(buf, sizeof(buf), "default", "orders", 3, -42, "kfs"), -1);
         CHECK_EQ_INT(ks_segment_key(buf, sizeof(buf), "default", "orders", 3, 42, "log"), -1);
 
-        CHECK_EQ_INT(ks_segment_key_parse("default/orders/3/segment-00000000000000000042.kfs", &base, &ext),
+        CHECK_EQ_INT(ks_segment_key_parse("default/orders/3/segment-00000000000000000042.kfs", &base, NULL, &ext),
                      KS_ERR_NONE);
         CHECK_EQ_INT(base, 42);
         CHECK_EQ_STR(ext, "kfs");
-        CHECK_EQ_INT(ks_segment_key_parse("segment-09223372036854775807.index", &base, &ext), KS_ERR_NONE);
+        CHECK_EQ_INT(ks_segment_key_parse("segment-09223372036854775807.index", &base, NULL, &ext), KS_ERR_NONE);
         CHECK_EQ_INT(base, INT64_MAX);
         CHECK_EQ_STR(ext, KS_SEGMENT_EXT_INDEX);
         static const char *bad[] = {
@@ -435,14 +435,38 @@ TEST(segment_keys)
                 "a/segment-00000000000000000042.kfs/",
                 "Segment-00000000000000000042.kfs",
                 "",
+                "segment-00000000000000000042-e0.kfs",          /* epoch 0 has no suffix */
+                "segment-00000000000000000042-e07.kfs",         /* leading zero */
+                "segment-00000000000000000042-e.kfs",
+                "segment-00000000000000000042-e2147483648.kfs", /* INT32_MAX + 1 */
+                "segment-00000000000000000042-e12345678901.kfs",
+                "segment-00000000000000000042-x5.kfs",
+                "segment-00000000000000000042-e5x.kfs",
         };
         for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
-                if (ks_segment_key_parse(bad[i], &base, &ext) != KS_ERR__PARSE)
+                if (ks_segment_key_parse(bad[i], &base, NULL, &ext) != KS_ERR__PARSE)
                         ks_test_fail(__FILE__, __LINE__, "accepted %s", bad[i]);
+        /* Epochs above 0 are part of the key. */
+        int32_t epoch = -1;
+        CHECK_EQ_INT(ks_segment_key_epoch(buf, sizeof(buf), "default", "orders", 3, 42, 7, "kfs"), 52);
+        CHECK_EQ_STR(buf, "default/orders/3/segment-00000000000000000042-e7.kfs");
+        CHECK_EQ_INT(ks_segment_key_parse(buf, &base, &epoch, &ext), KS_ERR_NONE);
+        CHECK_EQ_INT(base, 42);
+        CHECK_EQ_INT(epoch, 7);
+        CHECK_EQ_STR(ext, "kfs");
+        ks_segment_key_epoch(buf, sizeof(buf), "default", "orders", 3, 42, 0, "index");
+        CHECK_EQ_STR(buf, "default/orders/3/segment-00000000000000000042.index");
+        CHECK_EQ_INT(ks_segment_key_parse(buf, &base, &epoch, &ext), KS_ERR_NONE);
+        CHECK_EQ_INT(epoch, 0);
+        CHECK_EQ_INT(ks_segment_key_epoch(buf, sizeof(buf), "default", "orders", 3, 42, -1, "kfs"), -1);
+        int n_max = ks_segment_key_epoch(buf, sizeof(buf), "n", "t", INT32_MAX, INT64_MAX, INT32_MAX, "index");
+        CHECK_EQ_INT(n_max, (int)strlen("n/t") + KS_SEGMENT_KEY_EXTRA - 1);
+        CHECK_EQ_INT(ks_segment_key_parse(buf, &base, &epoch, &ext), KS_ERR_NONE);
+        CHECK_EQ_INT(epoch, INT32_MAX);
         /* Round trip. */
         for (int64_t b = 1; b > 0 && b < INT64_MAX / 3; b = b * 3 + 1) {
                 ks_segment_key(buf, sizeof(buf), "default", "t", 7, b, "kfs");
-                if (ks_segment_key_parse(buf, &base, NULL) != KS_ERR_NONE || base != b)
+                if (ks_segment_key_parse(buf, &base, NULL, NULL) != KS_ERR_NONE || base != b)
                         ks_test_fail(__FILE__, __LINE__, "round trip of %lld", (long long)b);
         }
 }
