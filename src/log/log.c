@@ -817,7 +817,16 @@ static void upload_job(void *arg)
         memset(&m, 0, sizeof(m));
         ks_err_t err = put_segment(log, p, d, &m);
         if (!err)
-                err = ks_meta_partition_commit(log->meta, p->topic, p->index, d->base, &m);
+        {
+                ks_kv_cmp_t fence;
+                char fence_key[400];
+                bool fenced = log->cfg.fence != NULL;
+                if (fenced)
+                        log->cfg.fence(log->cfg.fence_opaque, p->topic, p->index, fence_key, sizeof(fence_key),
+                                       &fence);
+                err = ks_meta_partition_commit(log->meta, p->topic, p->index, d->base, &m,
+                                               fenced ? &fence : NULL);
+        }
 
         pthread_mutex_lock(&p->lock);
         produce_waiter_t *pw = NULL;

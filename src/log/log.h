@@ -53,6 +53,13 @@ typedef struct ks_log_config {
         int64_t retention_check_ms;  /* how often retention is enforced (0: never) */
         int64_t ranged_read_min_bytes; /* cold reads of larger segments use ranged GETs (0: 8 MiB) */
         int64_t ranged_read_window;    /* bytes per ranged GET (0: 1 MiB) */
+        /* Fencing (cluster mode; NULL: none): fills the compare every commit
+         * of (topic, partition) must also pass — "this broker still holds
+         * the partition's ownership lease" — with the key stored in keybuf.
+         * Called on storage threads. */
+        void (*fence)(void *opaque, const char *topic, int32_t partition, char *keybuf, size_t keylen,
+                      ks_kv_cmp_t *cmp);
+        void *fence_opaque;
 } ks_log_config_t;
 
 /* Creates the log manager.  `store`, `meta` are borrowed and must outlive

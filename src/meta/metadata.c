@@ -1012,7 +1012,7 @@ static bool commit_already_applied(ks_meta_t *m, const char *next_key, size_t nl
 }
 
 ks_err_t ks_meta_partition_commit(ks_meta_t *m, const char *topic, int32_t partition, int64_t expect_next,
-                                  const ks_seg_meta_t *seg)
+                                  const ks_seg_meta_t *seg, const ks_kv_cmp_t *fence)
 {
         char next_key[320], seg_key[360], expect[24], next[24], created[40];
         int nlen = partition_key(next_key, sizeof(next_key), topic, partition, "/next_offset");
@@ -1038,15 +1038,18 @@ ks_err_t ks_meta_partition_commit(ks_meta_t *m, const char *topic, int32_t parti
                 return KS_ERR__INVALID_ARG;
         kafscale__metadata__segment_info__pack(&si, sbuf);
 
-        const ks_kv_cmp_t cmp = { .key = next_key, .key_len = (size_t)nlen, .target = KS_KV_CMP_VALUE,
-                                  .op = KS_KV_EQUAL, .value = expect, .value_len = (size_t)elen };
+        ks_kv_cmp_t cmps[2] = { { .key = next_key, .key_len = (size_t)nlen, .target = KS_KV_CMP_VALUE,
+                                  .op = KS_KV_EQUAL, .value = expect, .value_len = (size_t)elen } };
+        size_t ncmps = 1;
+        if (fence)
+                cmps[ncmps++] = *fence;
         const ks_kv_op_t ops[2] = {
                 { .type = KS_KV_OP_PUT, .key = next_key, .key_len = (size_t)nlen, .value = next,
                   .value_len = (size_t)xlen },
                 { .type = KS_KV_OP_PUT, .key = seg_key, .key_len = (size_t)slen, .value = sbuf, .value_len = sl },
         };
         bool ok;
-        ks_err_t err = ks_kv_txn(m->kv, &cmp, 1, ops, 2, NULL, 0, &ok, NULL);
+        ks_err_t err = ks_kv_txn(m->kv, cmps, ncmps, ops, 2, NULL, 0, &ok, NULL);
         if (err)
                 return err;
         if (ok)

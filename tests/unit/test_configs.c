@@ -258,7 +258,7 @@ static void check_add_partitions(const char *backend)
 
         /* Partition 1 has data: growing must not touch it. */
         ks_seg_meta_t seg = { .base_offset = 0, .last_offset = 9, .size_bytes = 100, .record_count = 10 };
-        REQUIRE_EQ_INT(ks_meta_partition_commit(m, "grow", 1, 0, &seg), 0);
+        REQUIRE_EQ_INT(ks_meta_partition_commit(m, "grow", 1, 0, &seg, NULL), 0);
 
         ks_topic_t a, stale;
         REQUIRE_EQ_INT(ks_meta_topic_load(m, "grow", &a), 0);

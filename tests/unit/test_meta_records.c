@@ -153,7 +153,7 @@ TEST(meta_topic_written_by_another_tool)
         CHECK_EQ_INT(pm.next_offset, 0);
         free(pm.segs);
         ks_seg_meta_t seg = { .base_offset = 0, .last_offset = 9, .size_bytes = 500, .record_count = 10 };
-        CHECK_EQ_INT(ks_meta_partition_commit(m, "ext", 2, 0, &seg), 0);
+        CHECK_EQ_INT(ks_meta_partition_commit(m, "ext", 2, 0, &seg, NULL), 0);
 
         /* A record naming another topic than its key, or with a bad config
          * value, is not a topic. */
@@ -184,18 +184,18 @@ TEST(meta_commit_retried_after_unknown_outcome)
 
         ks_seg_meta_t seg = { .base_offset = 0, .last_offset = 99, .size_bytes = 4096, .record_count = 100,
                               .created_at_ms = 1767225600000LL };
-        REQUIRE_EQ_INT(ks_meta_partition_commit(m, "c", 0, 0, &seg), 0);
+        REQUIRE_EQ_INT(ks_meta_partition_commit(m, "c", 0, 0, &seg, NULL), 0);
         /* The same commit again (the first answer was lost): done. */
         seg.created_at_ms += 250; /* a retry rebuilds the record */
-        CHECK_EQ_INT(ks_meta_partition_commit(m, "c", 0, 0, &seg), 0);
+        CHECK_EQ_INT(ks_meta_partition_commit(m, "c", 0, 0, &seg, NULL), 0);
         /* Another segment at the same place: someone else wrote here. */
         ks_seg_meta_t other = seg;
         other.size_bytes = 4000;
-        CHECK_EQ_INT(ks_meta_partition_commit(m, "c", 0, 0, &other), KS_ERR__CONFLICT);
+        CHECK_EQ_INT(ks_meta_partition_commit(m, "c", 0, 0, &other, NULL), KS_ERR__CONFLICT);
         other = seg;
         other.last_offset = 49;
         other.record_count = 50;
-        CHECK_EQ_INT(ks_meta_partition_commit(m, "c", 0, 0, &other), KS_ERR__CONFLICT);
+        CHECK_EQ_INT(ks_meta_partition_commit(m, "c", 0, 0, &other, NULL), KS_ERR__CONFLICT);
 
         ks_partition_meta_t pm;
         REQUIRE_EQ_INT(ks_meta_partition_load(m, "c", 0, &pm), 0);
@@ -205,4 +205,40 @@ TEST(meta_commit_retried_after_unknown_outcome)
         ks_meta_close(m);
         ks_kv_destroy(kv);
         ks_log_set_level(saved);
+}
+
+/* A fenced commit applies only while the fence compare holds (cluster mode:
+ * the committing broker still holds the partition's ownership lease). */
+TEST(meta_commit_fenced_by_a_lease)
+{
+        ks_kv_t *kv = NULL;
+        ks_meta_t *m = NULL;
+        REQUIRE_EQ_INT(ks_kv_memory_new(NULL, &kv), 0);
+        REQUIRE_EQ_INT(ks_meta_open(kv, &m), 0);
+        ks_topic_t t = topic_named("f", 1);
+        REQUIRE_EQ_INT(ks_meta_topic_create(m, &t), 0);
+        int64_t lease = 0, other = 0;
+        REQUIRE_EQ_INT(ks_kv_lease_grant(kv, 30, &lease), 0);
+        REQUIRE_EQ_INT(ks_kv_lease_grant(kv, 30, &other), 0);
+        const char *lk = "/kafscale/partition-leases/f/0";
+        REQUIRE_EQ_INT(ks_kv_put(kv, lk, strlen(lk), "1", 1, lease, NULL), 0);
+        ks_kv_cmp_t fence = { .key = lk, .key_len = strlen(lk), .target = KS_KV_CMP_LEASE, .op = KS_KV_EQUAL,
+                              .number = lease };
+        ks_seg_meta_t seg = { .base_offset = 0, .last_offset = 9, .size_bytes = 100, .record_count = 10,
+                              .leader_epoch = 1 };
+        CHECK_EQ_INT(ks_meta_partition_commit(m, "f", 0, 0, &seg, &fence), 0);
+        /* The lease is gone (expired, revoked): the next commit is refused. */
+        REQUIRE_EQ_INT(ks_kv_lease_revoke(kv, lease), 0);
+        ks_seg_meta_t next = { .base_offset = 10, .last_offset = 19, .size_bytes = 100, .record_count = 10,
+                               .leader_epoch = 1 };
+        CHECK_EQ_INT(ks_meta_partition_commit(m, "f", 0, 10, &next, &fence), KS_ERR__CONFLICT);
+        /* Another broker took the partition: still refused. */
+        REQUIRE_EQ_INT(ks_kv_put(kv, lk, strlen(lk), "2", 1, other, NULL), 0);
+        CHECK_EQ_INT(ks_meta_partition_commit(m, "f", 0, 10, &next, &fence), KS_ERR__CONFLICT);
+        ks_partition_meta_t pm;
+        REQUIRE_EQ_INT(ks_meta_partition_load(m, "f", 0, &pm), 0);
+        CHECK_EQ_INT(pm.next_offset, 10);
+        free(pm.segs);
+        ks_meta_close(m);
+        ks_kv_destroy(kv);
 }
