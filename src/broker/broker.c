@@ -387,6 +387,23 @@ static int open_logs(ks_broker_t *b)
         return 0;
 }
 
+/* Single broker: it leads every partition, at epoch 0. */
+static int32_t snapshot_leader(void *opaque, const char *topic, int32_t partition, int32_t *epoch)
+{
+        const ks_broker_t *b = opaque;
+        *epoch = 0;
+        return b->cfg->broker_id;
+}
+
+void ks_broker_write_snapshot(ks_broker_t *b)
+{
+        const ks_snapshot_broker_t self = { b->cfg->broker_id, b->cfg->advertised_host, b->cfg->advertised_port,
+                                            NULL };
+        ks_err_t err = ks_meta_snapshot_write(b->meta, &self, 1, b->cfg->broker_id, snapshot_leader, b);
+        if (err)
+                ks_log_warn("cluster_snapshot_not_written", "key=%s err=%s", KS_SNAPSHOT_KEY, ks_err_name(err));
+}
+
 int ks_broker_start(ks_broker_t *b, const ks_config_t *cfg)
 {
         memset(b, 0, sizeof(*b));

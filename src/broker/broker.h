@@ -45,6 +45,11 @@ int ks_broker_start(ks_broker_t *b, const ks_config_t *cfg);
  * the backends. */
 void ks_broker_stop(ks_broker_t *b);
 
+/* Rewrites the cluster snapshot (meta/metadata.h) after this broker
+ * created, deleted or grew topics; a failure is logged, not returned (the
+ * snapshot is a derived view).  BLOCKING. */
+void ks_broker_write_snapshot(ks_broker_t *b);
+
 /* A request handler: owns `req` until it completes it. */
 typedef void(ks_handler_fn)(ks_broker_t *b, ks_req_t *req);
 

@@ -154,6 +154,7 @@ static void metadata_respond(ks_broker_t *b, ks_req_t *req)
 static void metadata_auto_create_work(ks_broker_t *b, ks_req_t *req)
 {
         const ks_MetadataRequest *rq = req->request;
+        bool created = false;
         for (int32_t i = 0; i < rq->Topics.count; i++) {
                 const ks_MetadataRequest_MetadataRequestTopic *q = &rq->Topics.items[i];
                 if (!wants_auto_create(b, rq, req->hdr.RequestApiVersion, q))
@@ -171,7 +172,10 @@ static void metadata_auto_create_work(ks_broker_t *b, ks_req_t *req)
                         err = ks_topic_sync_one(b->topics, t.name);
                 if (err && err != KS_ERR__EXISTS)
                         ks_log_warn("topic_auto_create_failed", "topic=%s err=%s", t.name, ks_err_name(err));
+                created |= err == 0;
         }
+        if (created)
+                ks_broker_write_snapshot(b);
         metadata_respond(b, req);
 }
 

@@ -171,6 +171,7 @@ static void create_partitions_work(ks_broker_t *b, ks_req_t *req)
                 return;
         }
         int32_t out = 0;
+        bool changed = false;
         for (int32_t i = 0; i < n; i++) {
                 const cp_topic_t *ct = &rq->Topics.items[i];
                 char msg[512] = "";
@@ -190,12 +191,15 @@ static void create_partitions_work(ks_broker_t *b, ks_req_t *req)
                         snprintf(msg, sizeof(msg), "Duplicate topic name.");
                 } else {
                         err = grow_topic(b, ct, rq->ValidateOnly, msg, sizeof(msg));
+                        changed |= !err && !rq->ValidateOnly;
                 }
                 res[out].Name = ct->Name;
                 res[out].ErrorCode = (int16_t)err;
                 res[out].ErrorMessage = err ? ks_arena_str(&req->arena, "%s", msg) : KS_STR_NULL;
                 out++;
         }
+        if (changed)
+                ks_broker_write_snapshot(b);
         resp->Results.items = res;
         resp->Results.count = out;
         ks_req_respond(req, resp);

@@ -168,6 +168,7 @@ static void create_topics_work(ks_broker_t *b, ks_req_t *req)
                 names[i] = rq->Topics.items[i].Name;
 
         int32_t out = 0;
+        bool changed = false;
         for (int32_t i = 0; i < n; i++) {
                 const ks_CreateTopicsRequest_CreatableTopic *ct = &rq->Topics.items[i];
                 ks_CreateTopicsResponse_CreatableTopicResult *r = &res[out];
@@ -196,6 +197,7 @@ static void create_topics_work(ks_broker_t *b, ks_req_t *req)
                 }
                 if (!err && !rq->validateOnly) {
                         ks_err_t e = ks_meta_topic_create(b->meta, &t);
+                        changed |= e == 0;
                         if (!e)
                                 e = ks_topic_sync_one(b->topics, t.name);
                         if (e == KS_ERR__EXISTS) {
@@ -217,6 +219,8 @@ static void create_topics_work(ks_broker_t *b, ks_req_t *req)
                 }
                 out++;
         }
+        if (changed)
+                ks_broker_write_snapshot(b);
         resp->Topics.items = res;
         resp->Topics.count = out;
         ks_req_respond(req, resp);
@@ -247,6 +251,7 @@ static void delete_topics_work(ks_broker_t *b, ks_req_t *req)
         for (int32_t i = 0; i < n; i++)
                 names[i] = v6 ? rq->Topics.items[i].Name : rq->TopicNames.items[i];
 
+        bool changed = false;
         for (int32_t i = 0; i < n; i++) {
                 ks_DeleteTopicsResponse_DeletableTopicResult *r = &res[i];
                 ks_uuid_t id = v6 ? rq->Topics.items[i].TopicId : (ks_uuid_t){ { 0 } };
@@ -276,6 +281,7 @@ static void delete_topics_work(ks_broker_t *b, ks_req_t *req)
                 if (!err) {
                         ks_err_t e = ks_meta_topic_delete(b->meta, t.name, by_id ? &id : NULL);
                         if (!e) {
+                                changed = true;
                                 ks_topic_sync_one(b->topics, t.name);
                                 ks_log_topic_delete_objects(b->log, t.name);
                                 /* Kafka drops the topic's committed offsets
@@ -296,6 +302,8 @@ static void delete_topics_work(ks_broker_t *b, ks_req_t *req)
                 r->ErrorCode = (int16_t)err;
                 r->ErrorMessage = msg ? ks_str_c(msg) : KS_STR_NULL;
         }
+        if (changed)
+                ks_broker_write_snapshot(b);
         resp->Responses.items = res;
         resp->Responses.count = n;
         ks_req_respond(req, resp);

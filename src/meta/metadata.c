@@ -18,6 +18,7 @@
 #include <sys/random.h>
 #include <time.h>
 
+#include <json-c/json.h>
 #include <openssl/sha.h>
 
 #include "kafscale_metadata.pb-c.h"
@@ -1111,4 +1112,97 @@ ks_err_t ks_meta_groups_load(ks_meta_t *m, int (*cb)(void *opaque, const char *g
         }
         ks_kv_result_free(&res);
         return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* The cluster snapshot                                                      */
+
+static json_object *snapshot_build(ks_meta_t *m, const ks_snapshot_broker_t *brokers, int nbrokers,
+                                   int32_t controller_id, ks_snapshot_leader_fn *leader, void *opaque)
+{
+        ks_topic_t *topics = NULL;
+        int n = ks_meta_topics_snapshot(m, &topics);
+        if (n < 0)
+                return NULL;
+        json_object *root = json_object_new_object();
+        json_object *jb = json_object_new_array();
+        for (int i = 0; i < nbrokers; i++) {
+                json_object *b = json_object_new_object();
+                json_object_object_add(b, "NodeID", json_object_new_int(brokers[i].id));
+                json_object_object_add(b, "Host", json_object_new_string(brokers[i].host ? brokers[i].host : ""));
+                json_object_object_add(b, "Port", json_object_new_int(brokers[i].port));
+                json_object_object_add(b, "Rack",
+                                       brokers[i].rack && brokers[i].rack[0] ? json_object_new_string(brokers[i].rack)
+                                                                             : NULL);
+                json_object_array_add(jb, b);
+        }
+        json_object_object_add(root, "Brokers", jb);
+        json_object_object_add(root, "ControllerID", json_object_new_int(controller_id));
+        json_object *jt = json_object_new_array();
+        for (int i = 0; i < n; i++) {
+                const ks_topic_t *t = &topics[i];
+                json_object *o = json_object_new_object();
+                json_object_object_add(o, "ErrorCode", json_object_new_int(0));
+                json_object_object_add(o, "Topic", json_object_new_string(t->name));
+                json_object *id = json_object_new_array();
+                for (size_t k = 0; k < sizeof(t->id.b); k++)
+                        json_object_array_add(id, json_object_new_int(t->id.b[k]));
+                json_object_object_add(o, "TopicID", id);
+                json_object_object_add(o, "IsInternal", json_object_new_boolean(0));
+                json_object *parts = json_object_new_array();
+                for (int32_t p = 0; p < t->partitions; p++) {
+                        int32_t epoch = 0;
+                        int32_t l = leader ? leader(opaque, t->name, p, &epoch) : -1;
+                        json_object *jp = json_object_new_object();
+                        json_object_object_add(jp, "ErrorCode", json_object_new_int(l < 0 ? 5 /* LEADER_NOT_AVAILABLE */ : 0));
+                        json_object_object_add(jp, "Partition", json_object_new_int(p));
+                        json_object_object_add(jp, "Leader", json_object_new_int(l));
+                        json_object_object_add(jp, "LeaderEpoch", json_object_new_int(epoch));
+                        json_object *rep = json_object_new_array(), *isr = json_object_new_array();
+                        if (l >= 0) {
+                                json_object_array_add(rep, json_object_new_int(l));
+                                json_object_array_add(isr, json_object_new_int(l));
+                        }
+                        json_object_object_add(jp, "Replicas", rep);
+                        json_object_object_add(jp, "ISR", isr);
+                        json_object_object_add(jp, "OfflineReplicas", json_object_new_array());
+                        json_object_array_add(parts, jp);
+                }
+                json_object_object_add(o, "Partitions", parts);
+                json_object_array_add(jt, o);
+        }
+        free(topics);
+        json_object_object_add(root, "Topics", jt);
+        json_object_object_add(root, "ClusterName", NULL);
+        json_object_object_add(root, "ClusterID", json_object_new_string(m->cluster_id));
+        return root;
+}
+
+ks_err_t ks_meta_snapshot_write(ks_meta_t *m, const ks_snapshot_broker_t *brokers, int nbrokers,
+                                int32_t controller_id, ks_snapshot_leader_fn *leader, void *opaque)
+{
+        const size_t klen = sizeof(KS_SNAPSHOT_KEY) - 1;
+        for (int attempt = 0; attempt < 8; attempt++) {
+                ks_kv_result_t res;
+                ks_err_t err = ks_kv_range(m->kv, KS_SNAPSHOT_KEY, klen, NULL, 0, &res);
+                if (err)
+                        return err;
+                int64_t mod = res.count ? res.kvs[0].mod_rev : 0;
+                ks_kv_result_free(&res);
+                json_object *root = snapshot_build(m, brokers, nbrokers, controller_id, leader, opaque);
+                if (!root)
+                        return KS_ERR__NOMEM;
+                size_t len = 0;
+                const char *js = json_object_to_json_string_length(root, JSON_C_TO_STRING_PLAIN, &len);
+                const ks_kv_cmp_t cmp = { .key = KS_SNAPSHOT_KEY, .key_len = klen, .target = KS_KV_CMP_MOD,
+                                          .op = KS_KV_EQUAL, .number = mod };
+                const ks_kv_op_t put = { .type = KS_KV_OP_PUT, .key = KS_SNAPSHOT_KEY, .key_len = klen,
+                                         .value = js, .value_len = len };
+                bool ok = false;
+                err = js ? ks_kv_txn(m->kv, &cmp, 1, &put, 1, NULL, 0, &ok, NULL) : KS_ERR__NOMEM;
+                json_object_put(root);
+                if (err || ok)
+                        return err;
+        }
+        return KS_ERR__CONFLICT;
 }

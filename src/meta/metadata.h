@@ -130,6 +130,31 @@ bool ks_meta_topic_get_by_id(ks_meta_t *meta, ks_uuid_t id, ks_topic_t *out);
  * frees.  Non-blocking.  Returns the count, or -1 if memory ran out. */
 int ks_meta_topics_snapshot(ks_meta_t *meta, ks_topic_t **out);
 
+/* --- the cluster snapshot ------------------------------------------------------- */
+
+/* One broker of the snapshot (borrowed strings; rack may be NULL). */
+typedef struct ks_snapshot_broker {
+        int32_t id;
+        const char *host;
+        int32_t port;
+        const char *rack;
+} ks_snapshot_broker_t;
+
+/* The leader (broker id) and leader epoch of a partition, for the snapshot. */
+typedef int32_t(ks_snapshot_leader_fn)(void *opaque, const char *topic, int32_t partition, int32_t *epoch);
+
+#define KS_SNAPSHOT_KEY "/kafscale/metadata/snapshot"
+
+/* Rewrites the JSON cluster snapshot at KS_SNAPSHOT_KEY from the topic
+ * registry, `brokers` and `leader` (metadata-schema.md: KafScale's field
+ * names — Brokers, ControllerID, Topics with Partitions, ClusterName,
+ * ClusterID).  It is a derived view for KafScale tooling: brokers write it
+ * when topics are created, deleted or grown and never read it back (the
+ * topic records are the source of truth).  Read-modify-write on the key's
+ * revision, so two writers never interleave.  BLOCKING. */
+ks_err_t ks_meta_snapshot_write(ks_meta_t *meta, const ks_snapshot_broker_t *brokers, int nbrokers,
+                                int32_t controller_id, ks_snapshot_leader_fn *leader, void *opaque);
+
 /* --- partitions: committed end offset and segment manifest ------------------ */
 
 /* One durable segment of a partition (its .kfs and .index objects). */

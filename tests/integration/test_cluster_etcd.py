@@ -435,6 +435,17 @@ def test_metadata_keys_in_etcd_and_objects_in_s3(etcd, s3, namespace, brokers):
         print(key, "=", v.decode())
     assert etcd.get("/kafscale/consumers/%s/offsets/%s/0" % (meta_group, topic)) is None
 
+    # /kafscale/metadata/snapshot: JSON with KafScale's field names, naming
+    # the broker, the cluster id and the topic with its three partitions.
+    snap = json.loads(etcd.get("/kafscale/metadata/snapshot"))
+    assert {"Brokers", "ControllerID", "Topics", "ClusterID"} <= set(snap), snap.keys()
+    assert [(x["NodeID"], x["Port"]) for x in snap["Brokers"]] == [(0, b.port)], snap["Brokers"]
+    assert snap["ClusterID"] and len(snap["ClusterID"]) == 22, snap["ClusterID"]
+    st = [t for t in snap["Topics"] if t["Topic"] == topic]
+    assert len(st) == 1 and len(st[0]["TopicID"]) == 16, snap["Topics"]
+    assert [(x["Partition"], x["Leader"], x["Replicas"]) for x in st[0]["Partitions"]] == \
+        [(p, 0, [0]) for p in range(3)], st[0]["Partitions"]
+
     # The objects: {namespace}/{topic}/{partition}/segment-{base:020d}.kfs and
     # .index, listed with the AWS CLI (botocore where Debian's awscli is not
     # installed), covering each partition from offset 0.

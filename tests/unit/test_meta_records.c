@@ -13,6 +13,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <json-c/json.h>
+
 #include "kafscale_metadata.pb-c.h"
 #include "meta/metadata.h"
 #include "test.h"
@@ -239,6 +241,62 @@ TEST(meta_commit_fenced_by_a_lease)
         REQUIRE_EQ_INT(ks_meta_partition_load(m, "f", 0, &pm), 0);
         CHECK_EQ_INT(pm.next_offset, 10);
         free(pm.segs);
+        ks_meta_close(m);
+        ks_kv_destroy(kv);
+}
+
+static int32_t leader_is_7(void *opaque, const char *topic, int32_t partition, int32_t *epoch)
+{
+        *epoch = partition + 1;
+        return 7;
+}
+
+/* The JSON cluster snapshot, as KafScale's tooling reads it. */
+TEST(meta_cluster_snapshot)
+{
+        ks_kv_t *kv = NULL;
+        ks_meta_t *m = NULL;
+        REQUIRE_EQ_INT(ks_kv_memory_new(NULL, &kv), 0);
+        REQUIRE_EQ_INT(ks_meta_open(kv, &m), 0);
+        ks_topic_t a = topic_named("alpha", 2), z = topic_named("zeta", 1);
+        REQUIRE_EQ_INT(ks_meta_topic_create(m, &z), 0);
+        REQUIRE_EQ_INT(ks_meta_topic_create(m, &a), 0);
+        const ks_snapshot_broker_t brokers[] = { { 7, "b7.example", 9092, NULL }, { 8, "b8.example", 9093, "r1" } };
+        REQUIRE_EQ_INT(ks_meta_snapshot_write(m, brokers, 2, 7, leader_is_7, NULL), 0);
+        REQUIRE_EQ_INT(ks_meta_snapshot_write(m, brokers, 2, 7, leader_is_7, NULL), 0); /* rewrite */
+
+        ks_kv_result_t res;
+        REQUIRE_EQ_INT(ks_kv_range(kv, KS_SNAPSHOT_KEY, strlen(KS_SNAPSHOT_KEY), NULL, 0, &res), 0);
+        REQUIRE_EQ_INT(res.count, 1);
+        json_object *root = json_tokener_parse((const char *)res.kvs[0].value);
+        ks_kv_result_free(&res);
+        REQUIRE(root != NULL);
+        json_object *v, *b, *t, *p;
+        REQUIRE(json_object_object_get_ex(root, "Brokers", &v));
+        REQUIRE_EQ_INT(json_object_array_length(v), 2);
+        b = json_object_array_get_idx(v, 1);
+        CHECK(json_object_object_get_ex(b, "NodeID", &t) && json_object_get_int(t) == 8);
+        CHECK(json_object_object_get_ex(b, "Host", &t) && !strcmp(json_object_get_string(t), "b8.example"));
+        CHECK(json_object_object_get_ex(b, "Rack", &t) && !strcmp(json_object_get_string(t), "r1"));
+        b = json_object_array_get_idx(v, 0);
+        CHECK(json_object_object_get_ex(b, "Rack", &t) && t == NULL); /* null */
+        CHECK(json_object_object_get_ex(root, "ControllerID", &v) && json_object_get_int(v) == 7);
+        CHECK(json_object_object_get_ex(root, "ClusterID", &v) &&
+              !strcmp(json_object_get_string(v), ks_meta_cluster_id(m)));
+        REQUIRE(json_object_object_get_ex(root, "Topics", &v));
+        REQUIRE_EQ_INT(json_object_array_length(v), 2);
+        t = json_object_array_get_idx(v, 0); /* sorted by name */
+        CHECK(json_object_object_get_ex(t, "Topic", &b) && !strcmp(json_object_get_string(b), "alpha"));
+        CHECK(json_object_object_get_ex(t, "TopicID", &b) && json_object_array_length(b) == 16 &&
+              json_object_get_int(json_object_array_get_idx(b, 0)) == a.id.b[0]);
+        REQUIRE(json_object_object_get_ex(t, "Partitions", &b));
+        REQUIRE_EQ_INT(json_object_array_length(b), 2);
+        p = json_object_array_get_idx(b, 1);
+        CHECK(json_object_object_get_ex(p, "Partition", &v) && json_object_get_int(v) == 1);
+        CHECK(json_object_object_get_ex(p, "Leader", &v) && json_object_get_int(v) == 7);
+        CHECK(json_object_object_get_ex(p, "LeaderEpoch", &v) && json_object_get_int(v) == 2);
+        CHECK(json_object_object_get_ex(p, "ISR", &v) && json_object_array_length(v) == 1);
+        json_object_put(root);
         ks_meta_close(m);
         ks_kv_destroy(kv);
 }
