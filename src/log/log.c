@@ -110,6 +110,7 @@ struct ks_partition {
         int failures;
         bool storage_failing;
         bool dropped;
+        bool serving; /* this broker owns it: appends and reads allowed */
         produce_waiter_t *pwait_head, *pwait_tail;
         ks_fetch_waiter_t *fwait;
 
@@ -483,6 +484,7 @@ static ks_err_t partition_load(ks_log_t *log, const ks_topic_t *t, int32_t index
         pthread_mutex_init(&p->lock, NULL);
         pthread_cond_init(&p->idle_cond, NULL);
         p->hwm = p->next = pm.next_offset;
+        p->serving = !log->cfg.owned_only;
         p->flush_bytes = flush_target(log, t);
         p->retention_ms = t->retention_ms;
         p->retention_bytes = t->retention_bytes;
@@ -886,7 +888,8 @@ static void upload_job(void *arg)
                 pw = p->pwait_head;
                 p->pwait_head = p->pwait_tail = NULL;
                 pw_err = KS_ERR_NOT_LEADER_OR_FOLLOWER;
-                p->dropped = true;
+                fw = take_fetch_waiters(p);
+                p->serving = false; /* until ownership is taken again (state reloaded) */
         } else {
                 p->failures++;
                 p->storage_failing = true;
@@ -936,6 +939,8 @@ ks_err_t ks_partition_append(ks_partition_t *p, uint8_t *buf, size_t len, const 
         size_t buffered = (p->active ? p->active->len : 0) + (p->flushing ? p->flushing->len : 0) + p->sealed_bytes;
         if (p->dropped) {
                 err = KS_ERR_UNKNOWN_TOPIC_OR_PARTITION;
+        } else if (!p->serving) {
+                err = KS_ERR_NOT_LEADER_OR_FOLLOWER;
         } else if (p->storage_failing) {
                 err = KS_ERR_KAFKA_STORAGE_ERROR;
         } else if ((int64_t)(buffered + len) > 4 * log->cfg.segment_bytes + (64 << 20)) {
@@ -1039,9 +1044,9 @@ ks_err_t ks_partition_read(ks_partition_t *p, int64_t offset, size_t max_bytes, 
 {
         memset(out, 0, sizeof(*out));
         pthread_mutex_lock(&p->lock);
-        if (p->dropped) {
+        if (p->dropped || !p->serving) {
                 pthread_mutex_unlock(&p->lock);
-                return KS_ERR_UNKNOWN_TOPIC_OR_PARTITION;
+                return p->dropped ? KS_ERR_UNKNOWN_TOPIC_OR_PARTITION : KS_ERR_NOT_LEADER_OR_FOLLOWER;
         }
         if (offset < log_start_locked(p) || offset > p->hwm) {
                 pthread_mutex_unlock(&p->lock);
@@ -1542,6 +1547,121 @@ void ks_partition_set_leader_epoch(ks_partition_t *p, int32_t epoch)
         if (p->active && p->active->nb > 0 && p->active->epoch != epoch)
                 seal_active_locked(p);
         pthread_mutex_unlock(&p->lock);
+}
+
+bool ks_partition_serving(ks_partition_t *p, int32_t *epoch)
+{
+        pthread_mutex_lock(&p->lock);
+        bool serving = p->serving && !p->dropped;
+        if (epoch)
+                *epoch = p->leader_epoch;
+        pthread_mutex_unlock(&p->lock);
+        return serving;
+}
+
+ks_err_t ks_partition_take_ownership(ks_partition_t *p, int32_t epoch)
+{
+        ks_log_t *log = p->log;
+        pthread_mutex_lock(&p->lock);
+        while (p->uploading) /* a late upload of the previous ownership finishes first */
+                pthread_cond_wait(&p->idle_cond, &p->lock);
+        bool dropped = p->dropped;
+        pthread_mutex_unlock(&p->lock);
+        if (dropped)
+                return KS_ERR_UNKNOWN_TOPIC_OR_PARTITION;
+        /* Another broker may have written it since we last did: the store
+         * is the truth. */
+        ks_partition_meta_t pm;
+        ks_err_t err = ks_meta_partition_load(log->meta, p->topic, p->index, &pm);
+        if (err)
+                return err;
+        seg_t *segs = calloc((size_t)(pm.nsegs > 8 ? pm.nsegs : 8), sizeof(*segs));
+        if (!segs) {
+                free(pm.segs);
+                return KS_ERR__NOMEM;
+        }
+        for (int i = 0; i < pm.nsegs; i++)
+                segs[i].m = pm.segs[i];
+        pthread_mutex_lock(&p->lock);
+        /* Invariant: nothing of an earlier ownership is still buffered. */
+        if (p->active || p->flushing || p->sealed_head || p->uploading || p->pwait_head) {
+                ks_log_error("invariant_broken", "what=ownership_taken_with_buffered_data topic=%s partition=%d",
+                             p->topic, p->index);
+                abort();
+        }
+        cache_forget_locked_partition(log, p);
+        free(p->segs);
+        p->segs = segs;
+        p->segcap = pm.nsegs > 8 ? pm.nsegs : 8;
+        p->nsegs = pm.nsegs;
+        p->hwm = p->next = pm.next_offset;
+        p->leader_epoch = epoch;
+        p->failures = 0;
+        p->storage_failing = false;
+        p->serving = true;
+        pthread_mutex_unlock(&p->lock);
+        free(pm.segs);
+        ks_log_info("partition_serving", "topic=%s partition=%d leader_epoch=%d next_offset=%lld", p->topic,
+                    p->index, epoch, (long long)pm.next_offset);
+        return 0;
+}
+
+/* Fails what is still buffered (never acknowledged) and the waiters of a
+ * partition that stopped serving; p->lock held, no upload in progress. */
+static void give_up_buffered_locked(ks_partition_t *p, produce_waiter_t **pw, ks_fetch_waiter_t **fw)
+{
+        segdata_unref(p->flushing);
+        p->flushing = NULL;
+        drop_sealed(p);
+        segdata_unref(p->active);
+        p->active = NULL;
+        p->next = p->hwm;
+        *pw = p->pwait_head;
+        p->pwait_head = p->pwait_tail = NULL;
+        *fw = take_fetch_waiters(p);
+}
+
+void ks_partition_give_up_ownership(ks_partition_t *p, bool flush, int64_t flush_timeout_ms)
+{
+        ks_log_t *log = p->log;
+        pthread_mutex_lock(&p->lock);
+        if (!p->serving) {
+                pthread_mutex_unlock(&p->lock);
+                return;
+        }
+        p->serving = false; /* new appends and reads are refused from here on */
+        if (flush && p->active && p->active->nb > 0)
+                seal_active_locked(p);
+        int64_t deadline = now_ms() + flush_timeout_ms;
+        while (flush && (p->sealed_head || p->flushing || p->uploading) && !p->dropped && now_ms() < deadline) {
+                pthread_mutex_unlock(&p->lock);
+                schedule_flush(log, p, 0);
+                pthread_mutex_lock(&p->lock);
+                struct timespec ts;
+                clock_gettime(CLOCK_REALTIME, &ts);
+                ts.tv_nsec += 20 * 1000000L;
+                if (ts.tv_nsec >= 1000000000L) {
+                        ts.tv_sec++;
+                        ts.tv_nsec -= 1000000000L;
+                }
+                pthread_cond_timedwait(&p->idle_cond, &p->lock, &ts);
+        }
+        while (p->uploading)
+                pthread_cond_wait(&p->idle_cond, &p->lock);
+        bool left = p->active || p->flushing || p->sealed_head;
+        produce_waiter_t *pw = NULL;
+        ks_fetch_waiter_t *fw = NULL;
+        give_up_buffered_locked(p, &pw, &fw);
+        int64_t hwm = p->hwm;
+        pthread_mutex_unlock(&p->lock);
+        if (left)
+                ks_log_warn("partition_given_up_with_unflushed_data", "topic=%s partition=%d committed_end=%lld "
+                            "flush=%s",
+                            p->topic, p->index, (long long)hwm, flush ? "timed_out" : "no");
+        else
+                ks_log_info("partition_not_serving", "topic=%s partition=%d committed_end=%lld", p->topic, p->index,
+                            (long long)hwm);
+        deliver(pw, KS_ERR_NOT_LEADER_OR_FOLLOWER, fw);
 }
 
 ks_partition_t *ks_log_partition(ks_log_t *log, ks_str_t topic, int32_t partition)

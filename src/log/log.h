@@ -60,6 +60,10 @@ typedef struct ks_log_config {
         void (*fence)(void *opaque, const char *topic, int32_t partition, char *keybuf, size_t keylen,
                       ks_kv_cmp_t *cmp);
         void *fence_opaque;
+        /* Cluster mode: partitions open not serving; ownership makes them
+         * serve (ks_partition_take_ownership).  false: every open
+         * partition serves (embedded mode). */
+        bool owned_only;
 } ks_log_config_t;
 
 /* Creates the log manager.  `store`, `meta` are borrowed and must outlive
@@ -123,6 +127,25 @@ void ks_partition_release(ks_partition_t *p);
  * ownership when it acquires the partition, before it serves.  Epoch 0
  * (the default) keeps the plain keys. */
 void ks_partition_set_leader_epoch(ks_partition_t *p, int32_t epoch);
+
+/* --- ownership (cluster mode) ------------------------------------------------ */
+
+/* Does this broker serve the partition (appends, reads)?  *epoch (may be
+ * NULL): the leader epoch it writes at.  Non-blocking. */
+bool ks_partition_serving(ks_partition_t *p, int32_t *epoch);
+
+/* This broker now owns the partition at leader epoch `epoch`: its end
+ * offset and segment manifest are reloaded from the metadata store (another
+ * broker may have written it meanwhile), then it serves.  BLOCKING. */
+ks_err_t ks_partition_take_ownership(ks_partition_t *p, int32_t epoch);
+
+/* Stops serving at once (appends and reads answer NOT_LEADER_OR_FOLLOWER).
+ * flush: what is buffered is flushed and committed first (a hand-over),
+ * waiting at most flush_timeout_ms; without flush (ownership lost) or after
+ * the timeout, what is still buffered is dropped — it was never
+ * acknowledged — and its producers get NOT_LEADER_OR_FOLLOWER.  Parked
+ * fetches are woken.  BLOCKING. */
+void ks_partition_give_up_ownership(ks_partition_t *p, bool flush, int64_t flush_timeout_ms);
 
 /* Offsets (snapshot under the partition lock). */
 typedef struct ks_partition_offsets {

@@ -571,3 +571,123 @@ TEST(log_segments_written_at_a_leader_epoch)
         ks_partition_release(p);
         fixture_destroy(&f);
 }
+
+/* The fence of the ownership test: the partition's lease key must carry
+ * the lease in `opaque`. */
+static void lease_fence(void *opaque, const char *topic, int32_t partition, char *keybuf, size_t keylen,
+                        ks_kv_cmp_t *cmp)
+{
+        int n = snprintf(keybuf, keylen, "/kafscale/partition-leases/%s/%d", topic, partition);
+        *cmp = (ks_kv_cmp_t){ .key = keybuf, .key_len = (size_t)n, .target = KS_KV_CMP_LEASE, .op = KS_KV_EQUAL,
+                              .number = *(const int64_t *)opaque };
+}
+
+/* Two logs over one metadata store and one object store, as two brokers in
+ * cluster mode: partitions serve only while owned; a hand-over flushes and
+ * commits first; a new owner continues after everything committed, at its
+ * own epoch; an owner whose lease is gone acknowledges nothing more. */
+TEST(log_partition_ownership_moves_between_brokers)
+{
+        fixture_t f;
+        REQUIRE(fixture_init(&f, 64 << 20));
+        ks_log_close(f.log);
+        int64_t lease1 = 0, lease2 = 0;
+        REQUIRE_EQ_INT(ks_kv_lease_grant(f.kv, 60, &lease1), 0);
+        REQUIRE_EQ_INT(ks_kv_lease_grant(f.kv, 60, &lease2), 0);
+        const char *lk = "/kafscale/partition-leases/t/0";
+        REQUIRE_EQ_INT(ks_kv_put(f.kv, lk, strlen(lk), "1", 1, lease1, NULL), 0);
+        f.cfg.owned_only = true;
+        f.cfg.fence = lease_fence;
+        f.cfg.fence_opaque = &lease1;
+        REQUIRE(fixture_open_log(&f)); /* broker 1 */
+        ks_log_config_t cfg2 = f.cfg;
+        cfg2.fence_opaque = &lease2;
+        ks_log_t *log2 = NULL; /* broker 2 */
+        REQUIRE_EQ_INT(ks_log_open(&cfg2, f.store, f.meta, &log2), 0);
+        REQUIRE_EQ_INT(ks_log_topic_open(log2, &f.topic), 0);
+
+        /* Not owned yet: refused. */
+        acks_t a = { 0, 0 };
+        int64_t base = -1;
+        CHECK_EQ_INT(append(&f, 0, 5, &a, &base), KS_ERR_NOT_LEADER_OR_FOLLOWER);
+        ks_partition_t *p1 = ks_log_partition(f.log, KS_STR("t"), 0);
+        ks_partition_t *p2 = ks_log_partition(log2, KS_STR("t"), 0);
+        REQUIRE(p1 && p2);
+        ks_read_t rd;
+        CHECK_EQ_INT(ks_partition_read(p1, 0, 100, &rd), KS_ERR_NOT_LEADER_OR_FOLLOWER);
+        CHECK(!ks_partition_serving(p1, NULL));
+
+        /* Broker 1 owns it at epoch 1. */
+        REQUIRE_EQ_INT(ks_partition_take_ownership(p1, 1), 0);
+        int32_t epoch = -1;
+        CHECK(ks_partition_serving(p1, &epoch));
+        CHECK_EQ_INT(epoch, 1);
+        for (int i = 0; i < 4; i++)
+                REQUIRE_EQ_INT(append(&f, 0, 5, &a, &base), 0);
+        REQUIRE(wait_acks(&a, 4));
+        CHECK_EQ_INT(a.ok, 4);
+
+        /* Hand-over: buffered records are committed before broker 1 lets go. */
+        f.cfg.flush_interval_ms = 60000; /* (only affects later opens) */
+        REQUIRE_EQ_INT(append(&f, 0, 5, &a, &base), 0);
+        CHECK_EQ_INT(base, 20);
+        ks_partition_give_up_ownership(p1, true, 5000);
+        REQUIRE(wait_acks(&a, 5));
+        CHECK_EQ_INT(a.ok, 5);
+        CHECK_EQ_INT(append(&f, 0, 5, &a, &base), KS_ERR_NOT_LEADER_OR_FOLLOWER);
+
+        /* Broker 2 takes over at epoch 2 and continues after offset 25. */
+        REQUIRE_EQ_INT(ks_kv_put(f.kv, lk, strlen(lk), "2", 1, lease2, NULL), 0);
+        REQUIRE_EQ_INT(ks_partition_take_ownership(p2, 2), 0);
+        uint8_t buf[4096];
+        size_t len = build_batch(buf, 5, 1700000000000LL);
+        ks_batch_info_t bi;
+        int nb = 0;
+        REQUIRE_EQ_INT(ks_batches_validate(buf, len, 1 << 20, &bi, 1, &nb, NULL, 0), 0);
+        acks_t a2 = { 0, 0 };
+        REQUIRE_EQ_INT(ks_partition_append(p2, buf, len, &bi, 1, &base, f.loop, on_durable, &a2), 0);
+        CHECK_EQ_INT(base, 25);
+        REQUIRE(wait_acks(&a2, 1));
+        CHECK_EQ_INT(a2.ok, 1);
+
+        /* Broker 1 believes it owns it again (a zombie: its lease no longer
+         * holds the key): it reloads, appends are taken, but the commit is
+         * fenced: nothing acknowledged, the partition stops serving, and
+         * broker 2's records are untouched. */
+        REQUIRE_EQ_INT(ks_partition_take_ownership(p1, 1), 0);
+        acks_t z = { 0, 0 };
+        REQUIRE_EQ_INT(append(&f, 0, 5, &z, &base), 0);
+        CHECK_EQ_INT(base, 30); /* it reloaded broker 2's end offset */
+        REQUIRE(wait_acks(&z, 1));
+        CHECK_EQ_INT(z.ok, 0);
+        CHECK_EQ_INT(z.failed, 1);
+        CHECK(!ks_partition_serving(p1, NULL));
+        ks_partition_meta_t pm;
+        REQUIRE_EQ_INT(ks_meta_partition_load(f.meta, "t", 0, &pm), 0);
+        CHECK_EQ_INT(pm.next_offset, 30);
+        CHECK_EQ_INT(pm.segs[pm.nsegs - 1].leader_epoch, 2);
+        free(pm.segs);
+
+        /* Ownership lost without a hand-over: buffered records are dropped,
+         * their producers told NOT_LEADER_OR_FOLLOWER. */
+        ks_log_close(log2);
+        cfg2.flush_interval_ms = 60000;
+        REQUIRE_EQ_INT(ks_log_open(&cfg2, f.store, f.meta, &log2), 0);
+        REQUIRE_EQ_INT(ks_log_topic_open(log2, &f.topic), 0);
+        ks_partition_release(p2);
+        p2 = ks_log_partition(log2, KS_STR("t"), 0);
+        REQUIRE_EQ_INT(ks_partition_take_ownership(p2, 2), 0);
+        acks_t lost = { 0, 0 };
+        REQUIRE_EQ_INT(ks_partition_append(p2, buf, len, &bi, 1, &base, f.loop, on_durable, &lost), 0);
+        ks_partition_give_up_ownership(p2, false, 0);
+        REQUIRE(wait_acks(&lost, 1));
+        CHECK_EQ_INT(lost.failed, 1);
+        REQUIRE_EQ_INT(ks_meta_partition_load(f.meta, "t", 0, &pm), 0);
+        CHECK_EQ_INT(pm.next_offset, 30);
+        free(pm.segs);
+
+        ks_partition_release(p1);
+        ks_partition_release(p2);
+        ks_log_close(log2);
+        fixture_destroy(&f);
+}
