@@ -824,8 +824,8 @@ static void upload_job(void *arg)
                 char fence_key[400];
                 bool fenced = log->cfg.fence != NULL;
                 if (fenced)
-                        log->cfg.fence(log->cfg.fence_opaque, p->topic, p->index, fence_key, sizeof(fence_key),
-                                       &fence);
+                        log->cfg.fence(log->cfg.fence_opaque, p->topic, p->index, d->epoch, fence_key,
+                                       sizeof(fence_key), &fence);
                 err = ks_meta_partition_commit(log->meta, p->topic, p->index, d->base, &m,
                                                fenced ? &fence : NULL);
         }

@@ -55,10 +55,11 @@ typedef struct ks_log_config {
         int64_t ranged_read_window;    /* bytes per ranged GET (0: 1 MiB) */
         /* Fencing (cluster mode; NULL: none): fills the compare every commit
          * of (topic, partition) must also pass — "this broker still holds
-         * the partition's ownership lease" — with the key stored in keybuf.
-         * Called on storage threads. */
-        void (*fence)(void *opaque, const char *topic, int32_t partition, char *keybuf, size_t keylen,
-                      ks_kv_cmp_t *cmp);
+         * the ownership term of leader epoch `epoch`, the epoch the records
+         * were written at" — with the key stored in keybuf.  Called on
+         * storage threads. */
+        void (*fence)(void *opaque, const char *topic, int32_t partition, int32_t epoch, char *keybuf,
+                      size_t keylen, ks_kv_cmp_t *cmp);
         void *fence_opaque;
         /* Cluster mode: partitions open not serving; ownership makes them
          * serve (ks_partition_take_ownership).  false: every open

@@ -574,8 +574,8 @@ TEST(log_segments_written_at_a_leader_epoch)
 
 /* The fence of the ownership test: the partition's lease key must carry
  * the lease in `opaque`. */
-static void lease_fence(void *opaque, const char *topic, int32_t partition, char *keybuf, size_t keylen,
-                        ks_kv_cmp_t *cmp)
+static void lease_fence(void *opaque, const char *topic, int32_t partition, int32_t epoch, char *keybuf,
+                        size_t keylen, ks_kv_cmp_t *cmp)
 {
         int n = snprintf(keybuf, keylen, "/kafscale/partition-leases/%s/%d", topic, partition);
         *cmp = (ks_kv_cmp_t){ .key = keybuf, .key_len = (size_t)n, .target = KS_KV_CMP_LEASE, .op = KS_KV_EQUAL,
