@@ -1,14 +1,15 @@
 #include "broker/topic_config.h"
 
 #include <errno.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 const ks_topic_config_key_t ks_topic_config_keys[KS_TOPIC_CONFIG_COUNT] = {
-        { "retention.ms", KS_TOPIC_CFG_RETENTION_MS, 0, true, KS_DEFAULT_RETENTION_MS },
-        { "retention.bytes", KS_TOPIC_CFG_RETENTION_BYTES, 0, true, KS_DEFAULT_RETENTION_BYTES },
-        { "segment.bytes", KS_TOPIC_CFG_SEGMENT_BYTES, 1, false, KS_DEFAULT_SEGMENT_BYTES },
+        { "retention.ms", KS_TOPIC_CFG_RETENTION_MS, 0, true, KS_DEFAULT_RETENTION_MS, INT64_MAX },
+        { "retention.bytes", KS_TOPIC_CFG_RETENTION_BYTES, 0, true, KS_DEFAULT_RETENTION_BYTES, INT64_MAX },
+        { "segment.bytes", KS_TOPIC_CFG_SEGMENT_BYTES, 1, false, KS_DEFAULT_SEGMENT_BYTES, INT32_MAX },
 };
 
 static int64_t *field(ks_topic_t *t, int i)
@@ -59,10 +60,15 @@ ks_err_t ks_topic_config_set(ks_topic_t *t, ks_str_t name, ks_str_t value, char 
         char *end;
         errno = 0;
         long long v = strtoll(buf, &end, 10);
-        bool ok = errno == 0 && end != buf && *end == '\0' && (v >= k->min || (k->allow_unlimited && v == -1));
+        bool ok = errno == 0 && end != buf && *end == '\0' &&
+                  ((v >= k->min && v <= k->max) || (k->allow_unlimited && v == -1));
         if (!ok) {
-                snprintf(msg, msglen, "Invalid value %s for config %s: must be %s", buf, k->name,
-                         k->allow_unlimited ? "-1 (unlimited) or a number >= 0" : "a number > 0");
+                if (k->max < INT64_MAX)
+                        snprintf(msg, msglen, "Invalid value %s for config %s: must be a number from %lld to %lld",
+                                 buf, k->name, (long long)k->min, (long long)k->max);
+                else
+                        snprintf(msg, msglen, "Invalid value %s for config %s: must be %s", buf, k->name,
+                                 k->allow_unlimited ? "-1 (unlimited) or a number >= 0" : "a number > 0");
                 return KS_ERR_INVALID_CONFIG;
         }
         *field(t, i) = v;

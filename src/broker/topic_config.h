@@ -31,6 +31,7 @@ typedef struct ks_topic_config_key {
         int64_t min;       /* smallest valid value other than -1 */
         bool allow_unlimited; /* -1 accepted */
         int64_t def;       /* Apache Kafka's default */
+        int64_t max;       /* largest valid value (Kafka's type: segment.bytes is an int) */
 } ks_topic_config_key_t;
 
 extern const ks_topic_config_key_t ks_topic_config_keys[KS_TOPIC_CONFIG_COUNT];

@@ -148,6 +148,13 @@ TEST(topic_config_whitelist)
                      KS_ERR_INVALID_CONFIG);
         CHECK_EQ_INT(ks_topic_config_set(&t, KS_STR("retention.bytes"), KS_STR("1e3"), msg, sizeof(msg)),
                      KS_ERR_INVALID_CONFIG);
+        /* segment.bytes is an int in Kafka. */
+        CHECK_EQ_INT(ks_topic_config_set(&t, KS_STR("segment.bytes"), KS_STR("2147483648"), msg, sizeof(msg)),
+                     KS_ERR_INVALID_CONFIG);
+        CHECK(strstr(msg, "2147483647") != NULL);
+        CHECK_EQ_INT(ks_topic_config_set(&t, KS_STR("segment.bytes"), KS_STR("2147483647"), msg, sizeof(msg)), 0);
+        CHECK_EQ_INT(t.segment_bytes, 2147483647);
+        CHECK_EQ_INT(ks_topic_config_set(&t, KS_STR("segment.bytes"), KS_STR("1048576"), msg, sizeof(msg)), 0);
         CHECK_EQ_INT(ks_topic_config_set(&t, KS_STR("segment.bytes"), KS_STR("0"), msg, sizeof(msg)),
                      KS_ERR_INVALID_CONFIG);
         CHECK_EQ_INT(ks_topic_config_set(&t, KS_STR("segment.bytes"), KS_STR("-1"), msg, sizeof(msg)),
