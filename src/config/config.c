@@ -1,5 +1,7 @@
 #include "config/config.h"
 
+#include "meta/kv.h"
+
 #include <errno.h>
 #include <stddef.h>
 #include <stdlib.h>
@@ -306,6 +308,13 @@ int ks_config_from_env(ks_config_t *cfg, char *err, size_t errlen)
                 }
         }
         if (cfg->etcd_endpoints[0]) {
+                char why[256] = "";
+                if (ks_kv_etcd_endpoints_check(cfg->etcd_endpoints, why, sizeof(why)) != 0) {
+                        snprintf(err, errlen, "KAFSCALE_ETCD_ENDPOINTS=\"%s\" is not valid: %s (expected a "
+                                              "comma-separated list of http://host:port)",
+                                 cfg->etcd_endpoints, why);
+                        return -1;
+                }
                 if (cfg->memory_metadata) {
                         snprintf(err, errlen, "KAFSCALE_ETCD_ENDPOINTS and KAFSCALE_USE_MEMORY_METADATA are both set: "
                                               "choose one (unset KAFSCALE_USE_MEMORY_METADATA for cluster mode)");

@@ -258,6 +258,10 @@ typedef struct ks_kv_etcd_config {
  * with the in-process backends. */
 ks_err_t ks_kv_etcd_open(const ks_kv_etcd_config_t *cfg, char *errbuf, size_t errlen, ks_kv_t **out);
 
+/* Checks an endpoint list as ks_kv_etcd_open() parses it, without
+ * connecting: KS_ERR__INVALID_ARG with the reason in `why` (may be NULL). */
+ks_err_t ks_kv_etcd_endpoints_check(const char *list, char *why, size_t whylen);
+
 /* Compacts the cluster's history up to its current revision R: watches
  * that start below R report KS_KV_EV_COMPACTED (revision R).  For tests and
  * operator tooling.  KS_ERR__INVALID_ARG if kv is not an etcd store. */

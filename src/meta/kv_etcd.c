@@ -944,7 +944,9 @@ static ks_err_t endpoint_norm(const char *s, size_t n, char **out, char *why, si
         return KS_ERR_NONE;
 }
 
-static ks_err_t endpoints_parse(etcd_kv_t *e, const char *list, char *why, size_t whylen)
+/* Parses a comma-separated endpoint list into eps[0..*neps) (each
+ * malloc'ed, normalised; on failure the caller frees what was stored). */
+static ks_err_t endpoints_parse_list(const char *list, char **eps, int *neps, char *why, size_t whylen)
 {
         const char *p = list;
 
@@ -964,7 +966,7 @@ static ks_err_t endpoints_parse(etcd_kv_t *e, const char *list, char *why, size_
                         snprintf(why, whylen, "the etcd endpoint list \"%s\" has an empty entry", list);
                         return KS_ERR__INVALID_ARG;
                 }
-                if (e->neps == ETCD_MAX_ENDPOINTS) {
+                if (*neps == ETCD_MAX_ENDPOINTS) {
                         snprintf(why, whylen, "more than %d etcd endpoints", ETCD_MAX_ENDPOINTS);
                         return KS_ERR__INVALID_ARG;
                 }
@@ -972,12 +974,28 @@ static ks_err_t endpoints_parse(etcd_kv_t *e, const char *list, char *why, size_
                 ks_err_t err = endpoint_norm(a, (size_t)(b - a), &ep, why, whylen);
                 if (err)
                         return err;
-                e->eps[e->neps++] = ep;
+                eps[(*neps)++] = ep;
                 if (!c)
                         break;
                 p = c + 1;
         }
         return KS_ERR_NONE;
+}
+
+static ks_err_t endpoints_parse(etcd_kv_t *e, const char *list, char *why, size_t whylen)
+{
+        return endpoints_parse_list(list, e->eps, &e->neps, why, whylen);
+}
+
+ks_err_t ks_kv_etcd_endpoints_check(const char *list, char *why, size_t whylen)
+{
+        char *eps[ETCD_MAX_ENDPOINTS];
+        int n = 0;
+        char none[1];
+        ks_err_t err = endpoints_parse_list(list, eps, &n, why ? why : none, why ? whylen : sizeof(none));
+        for (int i = 0; i < n; i++)
+                free(eps[i]);
+        return err;
 }
 
 /* ------------------------------------------------------------- HTTP */

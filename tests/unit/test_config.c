@@ -122,6 +122,14 @@ TEST(config_cluster_mode)
         CHECK(strstr(err, "KAFSCALE_USE_MEMORY_METADATA") != NULL);
         unsetenv("KAFSCALE_USE_MEMORY_METADATA");
 
+        setenv("KAFSCALE_ETCD_ENDPOINTS", "http://127.0.0.1:2379,ftp://x", 1); /* caught before start-up */
+        CHECK_EQ_INT(ks_config_from_env(&cfg, err, sizeof(err)), -1);
+        CHECK(strstr(err, "KAFSCALE_ETCD_ENDPOINTS") != NULL && strstr(err, "ftp://x") != NULL);
+        setenv("KAFSCALE_ETCD_ENDPOINTS", "http://127.0.0.1:2379,,", 1);
+        CHECK_EQ_INT(ks_config_from_env(&cfg, err, sizeof(err)), -1);
+        setenv("KAFSCALE_ETCD_ENDPOINTS", "127.0.0.1:2379, 10.0.0.2", 1);
+        CHECK_EQ_INT(ks_config_from_env(&cfg, err, sizeof(err)), 0);
+
         unsetenv("KAFSCALE_S3_BUCKET"); /* records would stay on one machine */
         CHECK_EQ_INT(ks_config_from_env(&cfg, err, sizeof(err)), -1);
         CHECK(strstr(err, "KAFSCALE_S3_BUCKET") != NULL);
