@@ -25,8 +25,8 @@
  *  4. S3 against a scripted HTTP server in this process (objstore_s3fake_*):
  *     retries, error mapping, timeouts, request shape and signature, list
  *     paging and hostile XML, keep-alive reuse and the concurrency bound.
- *  5. S3 against a stopped server (objstore_s3down_*, when
- *     KAFSCALE_TEST_S3_DOWN_ENDPOINT is set) and a wrong bucket.
+ *  5. S3 against a stopped server (objstore_s3down_*: a closed loopback
+ *     port, or KAFSCALE_TEST_S3_DOWN_ENDPOINT) and a wrong bucket.
  *  6. KAFSCALE_S3_* configuration (objstore_s3config_*).
  *
  * Threads: CHECKs run on the test thread only; worker threads record
@@ -1992,10 +1992,20 @@ TEST(objstore_s3_endpoint_parse)
 
 TEST(objstore_s3down_unavailable_in_bounded_time)
 {
+        /* A stopped server: KAFSCALE_TEST_S3_DOWN_ENDPOINT, or a loopback
+         * port that was free a moment ago (bound, then closed). */
         const char *ep = getenv("KAFSCALE_TEST_S3_DOWN_ENDPOINT");
+        char free_ep[64];
         if (!ep || !ep[0]) {
-                printf("SKIP objstore_s3down_*: KAFSCALE_TEST_S3_DOWN_ENDPOINT is not set\n");
-                return;
+                int fd = socket(AF_INET, SOCK_STREAM, 0);
+                struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+                socklen_t al = sizeof(a);
+                REQUIRE(fd >= 0);
+                REQUIRE(bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0);
+                REQUIRE(getsockname(fd, (struct sockaddr *)&a, &al) == 0);
+                close(fd);
+                snprintf(free_ep, sizeof(free_ep), "http://127.0.0.1:%d", ntohs(a.sin_port));
+                ep = free_ep;
         }
         ks_s3_config_t c = s3_test_config(NULL);
         c.endpoint = ep;
