@@ -10,9 +10,9 @@
 #
 #   embedded  our broker, embedded mode: SQLite metadata, records in a fresh
 #             KAFSCALE_DATA_DIR on local disk (default flush interval, 5 ms)
-#   s3        our broker in cluster shape: records in S3 (s3rver from
-#             <repo>/.tools, a fresh bucket directory per round), metadata
-#             still in embedded SQLite (the etcd backend does not exist yet),
+#   s3        our broker in cluster mode: records in S3 (s3rver from
+#             <repo>/.tools, a fresh bucket directory per round), metadata in
+#             a fresh single-node etcd (Debian's etcd-server) per round,
 #             default S3 flush interval (150 ms)
 #   peer      librdkafka's in-process mock cluster (bench/peer.c)
 #
@@ -75,7 +75,9 @@ PYTHON=/usr/bin/python3
 [ -n "$PYTHON" ] || die "python3 is missing (bench/report.py needs only its standard library)"
 S3RVER_JS="$REPO/.tools/node_modules/s3rver/bin/s3rver.js"
 case " $TARGETS " in *" s3 "*)
-        [ -f "$S3RVER_JS" ] || die "s3rver is missing ($S3RVER_JS): run scripts/install-deps.sh --test (or: cd .tools && npm install s3rver@3.7.1)";;
+        [ -f "$S3RVER_JS" ] || die "s3rver is missing ($S3RVER_JS): run scripts/install-deps.sh --test (or: cd .tools && npm install s3rver@3.7.1)"
+        need etcd "apt-get install etcd-server (metadata of the s3 target)"
+        need curl "apt-get install curl";;
 esac
 for t in $TARGETS; do case $t in embedded|s3|peer) ;; *) die "unknown target '$t' (embedded, s3, peer)";; esac; done
 
@@ -99,7 +101,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'say "interrupted"; exit 130' INT TERM
 
-forget_pid() { local p=$1 i; for i in "${!PIDS[@]}"; do [ "${PIDS[$i]}" = "$p" ] && unset 'PIDS[i]'; done; }
+forget_pid() { local p=$1 i; for i in "${!PIDS[@]}"; do if [ "${PIDS[$i]}" = "$p" ]; then unset 'PIDS[i]'; fi; done; return 0; }
 
 stop_pid() {   # stop_pid PID WHAT: SIGTERM, wait up to 30 s, then SIGKILL
         local pid=$1 what=$2
@@ -160,6 +162,29 @@ rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo -1; 
 
 # Broker instance state
 B_PID='' B_PORT='' B_MPORT='' B_DATA='' B_MODE='' B_LOG='' S3_PID='' S3_PORT='' S3_DIR='' S3_LOG='' BOOTSTRAP=''
+ETCD_PID='' ETCD_PORT='' ETCD_DIR=''
+
+start_etcd() {     # fresh single-node etcd for the s3 target's metadata
+        ETCD_DIR="$WORK/$1/etcd"
+        rm -rf "$ETCD_DIR"; mkdir -p "$ETCD_DIR"
+        local attempt peer
+        for attempt in 1 2 3; do
+                ETCD_PORT=$(free_port); peer=$(free_port)
+                etcd --name n1 --data-dir "$ETCD_DIR/data" \
+                        --listen-client-urls "http://127.0.0.1:$ETCD_PORT" --advertise-client-urls "http://127.0.0.1:$ETCD_PORT" \
+                        --listen-peer-urls "http://127.0.0.1:$peer" --initial-advertise-peer-urls "http://127.0.0.1:$peer" \
+                        --initial-cluster "n1=http://127.0.0.1:$peer" --logger zap --log-level warn > "$ETCD_DIR/etcd.log" 2>&1 &
+                ETCD_PID=$!; PIDS+=("$ETCD_PID")
+                for _ in $(seq 200); do
+                        kill -0 "$ETCD_PID" 2>/dev/null || break
+                        curl -sf "http://127.0.0.1:$ETCD_PORT/health" >/dev/null 2>&1 && return 0
+                        sleep 0.05
+                done
+                stop_pid "$ETCD_PID" etcd
+                say "etcd did not start on port $ETCD_PORT (attempt $attempt): $(tail -3 "$ETCD_DIR/etcd.log" | tr '\n' ' ')"
+        done
+        die "etcd does not start; log: $ETCD_DIR/etcd.log"
+}
 
 start_s3rver() {   # fresh bucket directory
         S3_DIR="$WORK/$1/s3rver"; S3_LOG="$WORK/$1/s3rver.log"
@@ -187,7 +212,8 @@ launch_broker() {  # uses B_MODE B_DATA B_PORT B_MPORT; sets B_PID
                       KAFSCALE_DATA_DIR="$B_DATA" KAFSCALE_LOG_LEVEL=info)
         if [ "$B_MODE" = s3 ]; then
                 env+=(KAFSCALE_S3_BUCKET=kafscale KAFSCALE_S3_ENDPOINT="http://127.0.0.1:$S3_PORT"
-                      KAFSCALE_S3_ACCESS_KEY=S3RVER KAFSCALE_S3_SECRET_KEY=S3RVER)
+                      KAFSCALE_S3_ACCESS_KEY=S3RVER KAFSCALE_S3_SECRET_KEY=S3RVER
+                      KAFSCALE_ETCD_ENDPOINTS="http://127.0.0.1:$ETCD_PORT")
         fi
         local mark; mark=$(wc -l < "$B_LOG" 2>/dev/null || echo 0)
         env "${env[@]}" "$BROKER" >> "$B_LOG" 2>&1 &
@@ -246,6 +272,8 @@ stop_target() {
         if [ -n "$PEER_FD" ]; then exec {PEER_FD}>&-; PEER_FD=; fi
         if [ -n "$S3_PID" ]; then stop_pid "$S3_PID" s3rver; fi
         S3_PID=
+        if [ -n "$ETCD_PID" ]; then stop_pid "$ETCD_PID" etcd; fi
+        ETCD_PID=
 }
 
 objects_count() {  # objects currently in the target's object store
@@ -299,7 +327,7 @@ run_target() {   # run_target ROUND TARGET
         say "round $round: $target"
         case $target in
         embedded) start_broker embedded "$inst" ;;
-        s3) start_s3rver "$inst"; start_broker s3 "$inst" ;;
+        s3) start_s3rver "$inst"; start_etcd "$inst"; start_broker s3 "$inst" ;;
         peer) start_peer "$inst" ;;
         esac
         sleep 1
