@@ -1,7 +1,7 @@
 # Kafscale build.  `make` builds everything into $(BUILD)/:
 #   build/kafscale-broker      the broker
 #   build/kafscale-unit-tests  the unit-test binary
-# Other targets: run, test, test-unit, test-integration, asan, fuzz, gen, clean.
+# Other targets: run, test, test-unit, test-integration, asan, tsan, fuzz, gen, clean.
 # Dependencies come from pkg-config; scripts/install-deps.sh installs them.
 
 BUILD   ?= build
@@ -22,6 +22,10 @@ ifeq ($(SAN),1)
 CFLAGS  += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 LDFLAGS += -fsanitize=address,undefined
 endif
+ifeq ($(SAN),thread)
+CFLAGS  += -fsanitize=thread -fno-omit-frame-pointer
+LDFLAGS += -fsanitize=thread
+endif
 
 # Protobuf sources are generated at build time from proto/*.proto.
 PROTOS     := $(wildcard proto/*.proto)
@@ -38,7 +42,7 @@ EX_BIN     := $(patsubst examples/%.c,$(BUILD)/examples/%,$(EX_SRC))
 BROKER     := $(BUILD)/kafscale-broker
 UNIT       := $(BUILD)/kafscale-unit-tests
 
-.PHONY: all run test test-unit test-integration asan fuzz gen deps test-deps clean
+.PHONY: all run test test-unit test-integration asan tsan fuzz gen deps test-deps clean
 all: $(BROKER) $(UNIT) $(EX_BIN)
 
 # Generated sources are kept (not removed as intermediates).
@@ -96,6 +100,10 @@ test-integration: all
 asan:
 	@$(MAKE) --no-print-directory BUILD=build-asan SAN=1 OPT=-O1 all
 
+# ThreadSanitizer build of the unit tests (the concurrency tests run under it).
+tsan:
+	@$(MAKE) --no-print-directory BUILD=build-tsan SAN=thread OPT=-O1 build-tsan/kafscale-unit-tests
+
 # libFuzzer targets (clang).
 FUZZ_SRC := $(sort $(wildcard tests/fuzz/*.c))
 FUZZ_BIN := $(patsubst tests/fuzz/%.c,$(BUILD)/fuzz/%,$(FUZZ_SRC))
@@ -111,4 +119,4 @@ gen:
 	/usr/bin/python3 tools/gen_protocol.py --schemas $(KAFKA_SCHEMAS) --out src/protocol/gen
 
 clean:
-	rm -rf build build-asan
+	rm -rf build build-asan build-tsan

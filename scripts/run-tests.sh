@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Every test suite, as CI runs it (`make test` installs test deps, then runs this):
-#   1. build (make all)                    5. integration tests, ASan+UBSan broker
-#   2. unit tests                          6. integration tests, normal broker
-#   3. ASan+UBSan build (make asan)        7. integration tests, cluster mode
-#   4. unit tests under ASan+UBSan            (etcd + s3rver), normal broker
+#   1. build (make all)                    5. integration tests, ASan+UBSan broker,
+#   2. unit tests                             then unit tests under TSan (make tsan)
+#                                             and under valgrind memcheck
+#   3. ASan+UBSan build (make asan)        6. integration tests, normal broker
+#   4. unit tests under ASan+UBSan         7. integration tests, cluster mode
+#                                             (etcd + s3rver), normal broker
 #                                          8. fuzz targets (make fuzz), short runs
 # Stops at the first failure and says which step failed.
 #
@@ -116,6 +118,25 @@ else
 fi
 
 unset ASAN_OPTIONS UBSAN_OPTIONS
+
+# --- ThreadSanitizer: the unit tests (threads of the log, stores, watches,
+# cluster module, event loops) in a TSan build; any report fails the step.
+begin "unit tests under ThreadSanitizer (make tsan -> build-tsan/)"
+make -j"$JOBS" tsan
+TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" ./build-tsan/kafscale-unit-tests
+end
+
+# --- valgrind memcheck of the normal unit-test binary: no errors, no
+# definitely lost blocks (exit status 99 otherwise).
+if command -v valgrind >/dev/null 2>&1; then
+  begin "unit tests under valgrind memcheck"
+  valgrind -q --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite \
+    --show-leak-kinds=definite ./build/kafscale-unit-tests
+  end
+else
+  echo "valgrind is missing: run scripts/install-deps.sh --test" >&2
+  exit 1
+fi
 
 # --- 6: integration tests against the normal binary --------------------------
 if have_integration_tests; then
