@@ -387,6 +387,63 @@ static int open_logs(ks_broker_t *b)
         return 0;
 }
 
+int ks_broker_live_brokers(ks_broker_t *b, ks_broker_info_t **out)
+{
+        ks_broker_info_t *v = NULL;
+        int n = b->cluster ? ks_cluster_brokers(b->cluster, &v) : 0;
+        if (n < 0)
+                return -1;
+        bool self = false;
+        for (int i = 0; i < n; i++)
+                self |= v[i].id == b->cfg->broker_id;
+        if (!self) {
+                /* Not registered yet (or the watch has not caught up): this
+                 * broker answers, so it is alive. */
+                ks_broker_info_t *nv = realloc(v, (size_t)(n + 1) * sizeof(*nv));
+                if (!nv) {
+                        free(v);
+                        return -1;
+                }
+                v = nv;
+                int at = n;
+                while (at > 0 && v[at - 1].id > b->cfg->broker_id) {
+                        v[at] = v[at - 1];
+                        at--;
+                }
+                memset(&v[at], 0, sizeof(v[at]));
+                v[at].id = b->cfg->broker_id;
+                snprintf(v[at].host, sizeof(v[at].host), "%s", b->cfg->advertised_host);
+                v[at].port = b->cfg->advertised_port;
+                n++;
+        }
+        *out = v;
+        return n;
+}
+
+/* Start-up in cluster mode: register under a lease so that every broker
+ * lists this one (Metadata, DescribeCluster) while it lives.  Ownership of
+ * partitions and groups is not taken yet: every broker serves every
+ * partition (docs/cluster.md, Status). */
+static int start_membership(ks_broker_t *b)
+{
+        const ks_config_t *cfg = b->cfg;
+        ks_cluster_config_t cc = { .broker_id = cfg->broker_id,
+                                   .host = cfg->advertised_host,
+                                   .port = cfg->advertised_port,
+                                   .lease_ttl_ms = cfg->lease_ttl_ms,
+                                   .membership_only = true };
+        static const ks_cluster_hooks_t no_hooks;
+        ks_err_t err = ks_cluster_start(&cc, b->kv, &no_hooks, b, &b->cluster);
+        if (err) {
+                ks_log_error("broker_registration_failed",
+                             "broker_id=%d err=%s fix=\"another live broker uses KAFSCALE_BROKER_ID=%d, or etcd is "
+                             "unreachable\"",
+                             cfg->broker_id, ks_err_name(err), cfg->broker_id);
+                return -1;
+        }
+        return 0;
+}
+
 /* Single broker: it leads every partition, at epoch 0. */
 static int32_t snapshot_leader(void *opaque, const char *topic, int32_t partition, int32_t *epoch)
 {
@@ -397,9 +454,20 @@ static int32_t snapshot_leader(void *opaque, const char *topic, int32_t partitio
 
 void ks_broker_write_snapshot(ks_broker_t *b)
 {
-        const ks_snapshot_broker_t self = { b->cfg->broker_id, b->cfg->advertised_host, b->cfg->advertised_port,
-                                            NULL };
-        ks_err_t err = ks_meta_snapshot_write(b->meta, &self, 1, b->cfg->broker_id, snapshot_leader, b);
+        ks_broker_info_t *live = NULL;
+        int n = ks_broker_live_brokers(b, &live);
+        ks_snapshot_broker_t *sb = n > 0 ? calloc((size_t)n, sizeof(*sb)) : NULL;
+        if (!sb) {
+                free(live);
+                ks_log_warn("cluster_snapshot_not_written", "key=%s err=%s", KS_SNAPSHOT_KEY,
+                            ks_err_name(KS_ERR__NOMEM));
+                return;
+        }
+        for (int i = 0; i < n; i++)
+                sb[i] = (ks_snapshot_broker_t){ live[i].id, live[i].host, live[i].port, live[i].rack };
+        ks_err_t err = ks_meta_snapshot_write(b->meta, sb, n, b->cfg->broker_id, snapshot_leader, b);
+        free(sb);
+        free(live);
         if (err)
                 ks_log_warn("cluster_snapshot_not_written", "key=%s err=%s", KS_SNAPSHOT_KEY, ks_err_name(err));
 }
@@ -433,7 +501,11 @@ int ks_broker_start(ks_broker_t *b, const ks_config_t *cfg)
         if (!b->server)
                 goto fail;
         ks_server_set_on_complete(b->server, ks_broker_request_done, b);
-        if (ks_server_start(b->server) != 0 || ops_serving() != 0)
+        if (ks_server_start(b->server) != 0)
+                goto fail;
+        if (cfg->etcd_endpoints[0] && start_membership(b) != 0)
+                goto fail;
+        if (ops_serving() != 0)
                 goto fail;
         const char *meta_where = cfg->etcd_endpoints[0] ? cfg->etcd_endpoints : cfg->data_dir;
         ks_log_info("broker_started",
@@ -453,6 +525,9 @@ fail:
 void ks_broker_stop(ks_broker_t *b)
 {
         __atomic_store_n(&b->stopping, 1, __ATOMIC_RELAXED);
+        /* Leave the cluster first: the others stop listing this broker. */
+        ks_cluster_stop(b->cluster);
+        b->cluster = NULL;
         /* /readyz answers 503 from here on; the probe stops using the
          * stores before they close. */
         ops_stop_probe();

@@ -14,6 +14,7 @@
 #define KS_BROKER_BROKER_H
 
 #include "broker/topic_sync.h"
+#include "cluster/cluster.h"
 #include "config/config.h"
 #include "group/group.h"
 #include "log/log.h"
@@ -31,6 +32,7 @@ typedef struct ks_broker {
         ks_objstore_t *store;   /* owned: where records are durable */
         ks_log_t *log;          /* owned: partition logs */
         ks_topic_sync_t *topics; /* owned: keeps `log` in step with the topic registry */
+        ks_cluster_t *cluster;  /* owned, cluster mode only: registration and the live brokers */
         ks_log_config_t log_cfg;
         ks_groups_t *groups;    /* owned: group coordinator */
         const char *mode;       /* "embedded", "memory" or "cluster" */
@@ -44,6 +46,11 @@ int ks_broker_start(ks_broker_t *b, const ks_config_t *cfg);
 /* Stops serving: finishes queued blocking work, closes connections, closes
  * the backends. */
 void ks_broker_stop(ks_broker_t *b);
+
+/* The live brokers, sorted by id, in a malloc'ed array (count returned,
+ * -1 if memory ran out): those registered in cluster mode — always
+ * including this one — else this broker alone.  Non-blocking. */
+int ks_broker_live_brokers(ks_broker_t *b, ks_broker_info_t **out);
 
 /* Rewrites the cluster snapshot (meta/metadata.h) after this broker
  * created, deleted or grew topics; a failure is logged, not returned (the

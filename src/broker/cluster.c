@@ -77,19 +77,26 @@ static void metadata_respond(ks_broker_t *b, ks_req_t *req)
         int16_t version = req->hdr.RequestApiVersion;
         const ks_config_t *cfg = b->cfg;
         ks_MetadataResponse *resp = ks_msg_new(&ks_MetadataResponse_desc, &req->arena);
+        ks_broker_info_t *live = NULL;
+        int nlive = ks_broker_live_brokers(b, &live);
         ks_MetadataResponse_MetadataResponseBroker *brokers =
-                ks_msg_new_array(&ks_MetadataResponse_MetadataResponseBroker_desc, 1, &req->arena);
+                nlive > 0 ? ks_msg_new_array(&ks_MetadataResponse_MetadataResponseBroker_desc, nlive, &req->arena)
+                          : NULL;
         int32_t *replicas = ks_array_new(sizeof(int32_t), 1, &req->arena);
         if (!resp || !brokers || !replicas) {
+                free(live);
                 ks_req_close(req, "out of memory");
                 return;
         }
-        brokers[0].NodeId = cfg->broker_id;
-        brokers[0].Host = ks_str_c(cfg->advertised_host);
-        brokers[0].Port = cfg->advertised_port;
-        brokers[0].Rack = KS_STR_NULL;
+        for (int i = 0; i < nlive; i++) {
+                brokers[i].NodeId = live[i].id;
+                brokers[i].Host = ks_arena_str(&req->arena, "%s", live[i].host);
+                brokers[i].Port = live[i].port;
+                brokers[i].Rack = live[i].rack[0] ? ks_arena_str(&req->arena, "%s", live[i].rack) : KS_STR_NULL;
+        }
+        free(live);
         resp->Brokers.items = brokers;
-        resp->Brokers.count = 1;
+        resp->Brokers.count = nlive;
         resp->ClusterId = ks_str_c(ks_meta_cluster_id(b->meta));
         resp->ControllerId = cfg->broker_id;
         if (rq->IncludeClusterAuthorizedOperations)
@@ -213,18 +220,26 @@ void ks_handle_describe_cluster(ks_broker_t *b, ks_req_t *req)
                 ks_req_respond(req, resp);
                 return;
         }
+        ks_broker_info_t *live = NULL;
+        int nlive = ks_broker_live_brokers(b, &live);
         ks_DescribeClusterResponse_DescribeClusterBroker *br =
-                ks_msg_new_array(&ks_DescribeClusterResponse_DescribeClusterBroker_desc, 1, &req->arena);
+                nlive > 0 ? ks_msg_new_array(&ks_DescribeClusterResponse_DescribeClusterBroker_desc, nlive,
+                                             &req->arena)
+                          : NULL;
         if (!br) {
+                free(live);
                 ks_req_close(req, "out of memory");
                 return;
         }
-        br[0].BrokerId = cfg->broker_id;
-        br[0].Host = ks_str_c(cfg->advertised_host);
-        br[0].Port = cfg->advertised_port;
-        br[0].Rack = KS_STR_NULL;
+        for (int i = 0; i < nlive; i++) {
+                br[i].BrokerId = live[i].id;
+                br[i].Host = ks_arena_str(&req->arena, "%s", live[i].host);
+                br[i].Port = live[i].port;
+                br[i].Rack = live[i].rack[0] ? ks_arena_str(&req->arena, "%s", live[i].rack) : KS_STR_NULL;
+        }
+        free(live);
         resp->Brokers.items = br;
-        resp->Brokers.count = 1;
+        resp->Brokers.count = nlive;
         resp->ClusterId = ks_str_c(ks_meta_cluster_id(b->meta));
         resp->ControllerId = cfg->broker_id;
         if (rq->IncludeClusterAuthorizedOperations)

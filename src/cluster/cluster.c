@@ -251,6 +251,7 @@ struct ks_cluster {
         char version[64];
         int64_t ttl_s, ttl_ms, ka_interval_ms, register_wait_ms;
         bool exclusive;
+        bool membership_only;
         const ks_clock_t *clock;
         bool fake_clock;
         int64_t started_at_wall;
@@ -1669,6 +1670,8 @@ static void reput_registration(ks_cluster_t *c, int64_t lease)
 /* One rebalance pass.  ks-cluster thread. */
 static void rebalance_pass(ks_cluster_t *c)
 {
+        if (c->membership_only)
+                return;
         plan_t pl = {0};
         pthread_mutex_lock(&c->mu);
         if (!session_valid_locked(c)) {
@@ -2044,6 +2047,7 @@ ks_err_t ks_cluster_start(const ks_cluster_config_t *cfg, ks_kv_t *kv, const ks_
         c->ka_interval_ms = c->ttl_ms / 3;
         c->register_wait_ms = cfg->register_wait_ms == 0 ? c->ttl_ms + 2000 : cfg->register_wait_ms;
         c->exclusive = cfg->exclusive_store;
+        c->membership_only = cfg->membership_only;
         c->clock = cfg->clock ? cfg->clock : ks_clock_system();
         c->fake_clock = c->clock != ks_clock_system();
         c->started_at_wall = ks_clock_wall_ms(c->clock);

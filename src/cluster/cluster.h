@@ -70,6 +70,9 @@ typedef struct ks_cluster_config {
         bool exclusive_store;    /* embedded mode: this process alone uses the store (SQLite file lock),
                                   * so a registration/lease left by a previous run of this broker id is
                                   * revoked at once instead of waited for */
+        bool membership_only;    /* register and follow the live brokers, but never acquire, release or
+                                  * place partitions and groups (a broker whose log does not follow
+                                  * ownership yet) */
         const ks_clock_t *clock; /* NULL: system */
 } ks_cluster_config_t;
 

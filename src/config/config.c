@@ -41,6 +41,9 @@ static const var_t vars[] = {
         { "KAFSCALE_ETCD_PASSWORD", "", T_STR, 0, 0, "etcd password of KAFSCALE_ETCD_USERNAME" },
         { "KAFSCALE_ETCD_TIMEOUT_MS", "5000", T_INT, 100, 600000,
           "Longest one etcd request may take before the next endpoint is tried or the request fails" },
+        { "KAFSCALE_LEASE_TTL_MS", "10000", T_INT, 2000, 600000,
+          "Cluster mode: the broker's etcd session; a broker that stops renewing it is gone from the cluster "
+          "this long after, and a broker restarted after a crash waits for its previous session to expire" },
         { "KAFSCALE_USE_MEMORY_S3", "0", T_BOOL, 0, 0,
           "Keep records in process memory instead of an object store (lost on exit; tests and demos)" },
         { "KAFSCALE_S3_NAMESPACE", "default", T_STR, 0, 0, "First component of every object key" },
@@ -209,6 +212,8 @@ int ks_config_from_env(ks_config_t *cfg, char *err, size_t errlen)
         if (get_str("KAFSCALE_ETCD_PASSWORD", cfg->etcd_password, sizeof(cfg->etcd_password), err, errlen))
                 return -1;
         if (get_int("KAFSCALE_ETCD_TIMEOUT_MS", &cfg->etcd_timeout_ms, err, errlen))
+                return -1;
+        if (get_int("KAFSCALE_LEASE_TTL_MS", &cfg->lease_ttl_ms, err, errlen))
                 return -1;
         if (get_bool("KAFSCALE_USE_MEMORY_S3", &cfg->memory_s3, err, errlen))
                 return -1;

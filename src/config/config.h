@@ -33,6 +33,7 @@ typedef struct ks_config {
         char etcd_username[256];
         char etcd_password[256];
         int64_t etcd_timeout_ms;
+        int64_t lease_ttl_ms;        /* cluster mode: broker session */
 
         /* Object storage and the log. */
         bool memory_s3;

@@ -39,6 +39,7 @@ Modes (env KAFSCALE_TEST_MODE):
                             KAFSCALE_S3_BUCKET/_ENDPOINT/_ACCESS_KEY/_SECRET_KEY
                             KAFSCALE_S3_NAMESPACE       unique per broker fixture
                             KAFSCALE_FLUSH_INTERVAL_MS  20
+                            KAFSCALE_LEASE_TTL_MS       3000
                         then the module's `broker_extra_env` on top (a module
                         with its own KAFSCALE_S3_BUCKET keeps its S3). etcd
                         keys under /kafscale/ (and all leases) are wiped

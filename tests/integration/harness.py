@@ -698,6 +698,9 @@ def objects_for_env(env, data_dir):
 # ---------------------------------------------------------------------------
 
 CLUSTER_FLUSH_INTERVAL_MS = "20"
+# A broker killed with -9 and restarted waits for its previous etcd session
+# to expire (TTL + 2 s): keep that well inside the fixture's start deadline.
+CLUSTER_LEASE_TTL_MS = "3000"
 
 
 class ClusterBackend:
@@ -764,6 +767,7 @@ class ClusterBackend:
             lease.private = True
         if lease.etcd is not None:
             env["KAFSCALE_ETCD_ENDPOINTS"] = lease.etcd.endpoints
+            env["KAFSCALE_LEASE_TTL_MS"] = CLUSTER_LEASE_TTL_MS
         extra = dict(extra_env or {})
         if not extra.get("KAFSCALE_S3_BUCKET") and not extra.get("KAFSCALE_USE_MEMORY_S3"):
             env.update(self.s3.env(namespace))

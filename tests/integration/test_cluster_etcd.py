@@ -83,7 +83,8 @@ def namespace(request):
 
 
 def cluster_env(etcd, s3, namespace, **more):
-    env = {"KAFSCALE_ETCD_ENDPOINTS": etcd.endpoints, "KAFSCALE_FLUSH_INTERVAL_MS": "20"}
+    env = {"KAFSCALE_ETCD_ENDPOINTS": etcd.endpoints, "KAFSCALE_FLUSH_INTERVAL_MS": "20",
+           "KAFSCALE_LEASE_TTL_MS": harness.CLUSTER_LEASE_TTL_MS}
     env.update(s3.env(namespace))
     env.update({k: str(v) for k, v in more.items()})
     return env
@@ -520,6 +521,17 @@ def test_second_broker_and_direct_etcd_writes_are_seen(etcd, s3, namespace, brok
         wait_until(lambda: want(), what + " on broker 2", VIEW_DEADLINE_S, 0.05)
         return time.monotonic() - t0
 
+    # Both brokers registered in etcd (/kafscale/brokers/{id}, under their
+    # leases): Metadata on either lists both, with their advertised ports.
+    def live(b):
+        with conn(b) as c:
+            return [(n, p) for n, _, p, _ in kw.decode_metadata(c.request(kw.METADATA, 12, kw.metadata_body(12, [])),
+                                                                 12)["brokers"]]
+    for b in (b1, b2):
+        wait_until(lambda: live(b) == [(1, b1.port), (2, b2.port)], "both brokers listed by broker %s"
+                   % b.env()["KAFSCALE_BROKER_ID"], VIEW_DEADLINE_S, 0.05)
+    assert sorted(etcd.keys("/kafscale/brokers/")) == ["/kafscale/brokers/1", "/kafscale/brokers/2"]
+
     with conn(b1) as c1, conn(b2) as c2:
         assert topic_view(b2, topic)[0] == kw.UNKNOWN_TOPIC_OR_PARTITION
         raw.create_topic(c1, topic, 2)
@@ -554,10 +566,11 @@ def test_second_broker_and_direct_etcd_writes_are_seen(etcd, s3, namespace, brok
         assert oc.topic_values(c2, ext)["retention.ms"][0] == "86400000"
     # Listed, and servable: with broker 2 stopped (no question of who owns
     # the partitions), broker 1 takes and serves records on the new topic.
-    # Both brokers race to initialise the new topic's partition records; the
-    # one that loses logs topic_open_failed err=_CONFLICT and retries after
-    # 5 s, hence the longer deadline here (SERVE_DEADLINE_S).
+    # Both brokers race to initialise the new topic's partition records (the
+    # loser finds them created and loads them).  Broker 2 stops cleanly: it
+    # leaves the cluster at once (its session lease revoked).
     assert b2.stop() == 0
+    wait_until(lambda: live(b1) == [(1, b1.port)], "broker 2 gone from broker 1's Metadata", VIEW_DEADLINE_S, 0.05)
     t0 = time.monotonic()
     with conn(b1) as c1:
         wait_until(lambda: all(r["error_code"] == 0

@@ -274,6 +274,7 @@ static void h_g_lost(void *o, const char *g)
 static const ks_cluster_hooks_t hooks = { h_p_acquired, h_p_release, h_p_lost, h_g_acquired, h_g_release, h_g_lost };
 
 typedef struct start_opts {
+        bool membership_only;
         int64_t ttl_ms;
         int64_t register_wait_ms;
         bool exclusive;
@@ -298,6 +299,7 @@ static ks_err_t tb_start(tb_t *b, ks_kv_t *kv, int32_t id, const start_opts_t *o
                                     .lease_ttl_ms = o->ttl_ms ? o->ttl_ms : TTL_MS,
                                     .register_wait_ms = o->register_wait_ms ? o->register_wait_ms : -1,
                                     .exclusive_store = o->exclusive,
+                                    .membership_only = o->membership_only,
                                     .clock = o->clock };
         ks_err_t err = ks_cluster_start(&cfg, b->kv, &hooks, b, &b->c);
         if (err && b->cuttable) {
@@ -1238,4 +1240,43 @@ TEST(cluster_etcd_hand_over_and_failover)
         for (int i = 0; i < 4; i++)
                 ks_kv_destroy(kvs[i]);
         ks_log_set_level(saved);
+}
+
+/* membership_only: brokers register and see each other, but nothing is
+ * acquired: no partition lease keys, no epoch bumps, no hooks. */
+TEST(cluster_membership_only_acquires_nothing)
+{
+        fx_t f;
+        REQUIRE(fx_init(&f, false));
+        journal_reset();
+        make_topic(f.kv, "orders", 4);
+        start_opts_t o = { .clock = &f.clock.base, .membership_only = true };
+        tb_t b[2];
+        REQUIRE_EQ_INT(tb_start(&b[0], f.kv, 1, &o), 0);
+        REQUIRE_EQ_INT(tb_start(&b[1], f.kv, 2, &o), 0);
+        int64_t until = real_ms() + WAIT_MS;
+        ks_broker_info_t *v = NULL;
+        int n = 0;
+        while ((n = ks_cluster_brokers(b[0].c, &v)) != 2 && real_ms() < until) {
+                free(v);
+                v = NULL;
+                sleep_ms(2);
+        }
+        free(v);
+        CHECK_EQ_INT(n, 2);
+        /* Several periods of the module's own passes. */
+        tb_t *bs[2] = { &b[0], &b[1] };
+        CHECK(advance(&f.clock, 3 * TTL_MS, bs, 2));
+        sleep_ms(50);
+        ks_kv_result_t r;
+        uint8_t end[64];
+        size_t elen = ks_kv_prefix_end(KS_CLUSTER_PARTITION_LEASES_PREFIX, strlen(KS_CLUSTER_PARTITION_LEASES_PREFIX),
+                                       end);
+        REQUIRE_EQ_INT(ks_kv_range(f.kv, K(KS_CLUSTER_PARTITION_LEASES_PREFIX), end, elen, &r), 0);
+        CHECK_EQ_INT(r.count, 0);
+        ks_kv_result_free(&r);
+        CHECK_EQ_INT(journal_count('A', -1, NULL, -1), 0);
+        tb_done(&b[0], false);
+        tb_done(&b[1], false);
+        fx_destroy(&f);
 }
