@@ -174,11 +174,12 @@ ks_err_t ks_topic_sync_start(ks_log_t *log, ks_meta_t *meta, ks_topic_sync_t **o
         s->meta = meta;
         pthread_mutex_init(&s->sync_mu, NULL);
         pthread_mutex_init(&s->qmu, NULL);
-        pthread_condattr_t a;
-        pthread_condattr_init(&a);
-        pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
-        pthread_cond_init(&s->cv, &a);
-        pthread_condattr_destroy(&a);
+        if (ks_cond_init_monotonic(&s->cv) != 0) {
+                pthread_mutex_destroy(&s->qmu);
+                pthread_mutex_destroy(&s->sync_mu);
+                free(s);
+                return KS_ERR__NOMEM;
+        }
         if (pthread_create(&s->thread, NULL, sync_thread, s) != 0) {
                 ks_topic_sync_stop(s);
                 return KS_ERR__NOMEM;

@@ -335,19 +335,6 @@ static void wait_locked(ks_cluster_t *c, pthread_cond_t *cv, int64_t ms)
         pthread_cond_timedwait(cv, &c->mu, &ts);
 }
 
-static int cond_init_mono(pthread_cond_t *cv)
-{
-        pthread_condattr_t a;
-        int r = pthread_condattr_init(&a);
-        if (r)
-                return r;
-        r = pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
-        if (!r)
-                r = pthread_cond_init(cv, &a);
-        pthread_condattr_destroy(&a);
-        return r;
-}
-
 /* ------------------------------------------------------------------------ */
 /* Keys and small parsers                                                    */
 
@@ -2056,7 +2043,7 @@ ks_err_t ks_cluster_start(const ks_cluster_config_t *cfg, ks_kv_t *kv, const ks_
                 c->hooks = *hooks;
         c->opaque = opaque;
         pthread_mutex_init(&c->mu, NULL);
-        if (cond_init_mono(&c->cv) || cond_init_mono(&c->ka_cv) || cond_init_mono(&c->done_cv)) {
+        if (ks_cond_init_monotonic(&c->cv) || ks_cond_init_monotonic(&c->ka_cv) || ks_cond_init_monotonic(&c->done_cv)) {
                 free(c);
                 return KS_ERR__NOMEM;
         }

@@ -762,6 +762,21 @@ static ks_fetch_waiter_t *take_fetch_waiters(ks_partition_t *p)
         return w;
 }
 
+/* Fails what is still buffered (never acknowledged) and the waiters of a
+ * partition that stopped serving; p->lock held, no upload in progress. */
+static void give_up_buffered_locked(ks_partition_t *p, produce_waiter_t **pw, ks_fetch_waiter_t **fw)
+{
+        segdata_unref(p->flushing);
+        p->flushing = NULL;
+        drop_sealed(p);
+        segdata_unref(p->active);
+        p->active = NULL;
+        p->next = p->hwm;
+        *pw = p->pwait_head;
+        p->pwait_head = p->pwait_tail = NULL;
+        *fw = take_fetch_waiters(p);
+}
+
 static ks_err_t put_segment(ks_log_t *log, ks_partition_t *p, segdata_t *d, ks_seg_meta_t *m)
 {
         ks_segment_builder_t b;
@@ -879,16 +894,8 @@ static void upload_job(void *arg)
                  * acknowledged; fail it and forget it. */
                 ks_log_error("partition_fenced", "topic=%s partition=%d expected_end=%lld", p->topic, p->index,
                              (long long)d->base);
-                segdata_unref(p->flushing);
-                p->flushing = NULL;
-                drop_sealed(p);
-                segdata_unref(p->active);
-                p->active = NULL;
-                p->next = p->hwm;
-                pw = p->pwait_head;
-                p->pwait_head = p->pwait_tail = NULL;
+                give_up_buffered_locked(p, &pw, &fw);
                 pw_err = KS_ERR_NOT_LEADER_OR_FOLLOWER;
-                fw = take_fetch_waiters(p);
                 p->serving = false; /* until ownership is taken again (state reloaded) */
         } else {
                 p->failures++;
@@ -1604,21 +1611,6 @@ ks_err_t ks_partition_take_ownership(ks_partition_t *p, int32_t epoch)
         ks_log_info("partition_serving", "topic=%s partition=%d leader_epoch=%d next_offset=%lld", p->topic,
                     p->index, epoch, (long long)pm.next_offset);
         return 0;
-}
-
-/* Fails what is still buffered (never acknowledged) and the waiters of a
- * partition that stopped serving; p->lock held, no upload in progress. */
-static void give_up_buffered_locked(ks_partition_t *p, produce_waiter_t **pw, ks_fetch_waiter_t **fw)
-{
-        segdata_unref(p->flushing);
-        p->flushing = NULL;
-        drop_sealed(p);
-        segdata_unref(p->active);
-        p->active = NULL;
-        p->next = p->hwm;
-        *pw = p->pwait_head;
-        p->pwait_head = p->pwait_tail = NULL;
-        *fw = take_fetch_waiters(p);
 }
 
 void ks_partition_give_up_ownership(ks_partition_t *p, bool flush, int64_t flush_timeout_ms)

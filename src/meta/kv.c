@@ -304,19 +304,6 @@ static void evbuf_free(kv_evbuf_t *b)
 }
 
 
-static int cond_init_mono(pthread_cond_t *cv)
-{
-        pthread_condattr_t a;
-        int r = pthread_condattr_init(&a);
-        if (r)
-                return r;
-        r = pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
-        if (!r)
-                r = pthread_cond_init(cv, &a);
-        pthread_condattr_destroy(&a);
-        return r;
-}
-
 /* ---------------------------------------------------- watch hub (history) */
 
 struct ks_kv_watch {
@@ -497,7 +484,7 @@ static ks_err_t hub_init(kv_hub_t *h, int64_t rev)
         pthread_mutex_init(&h->mu, NULL);
         pthread_cond_init(&h->idle, NULL);
         /* `work` is also waited on with a monotonic deadline (NOMEM retry). */
-        if (cond_init_mono(&h->work) != 0) {
+        if (ks_cond_init_monotonic(&h->work) != 0) {
                 pthread_cond_destroy(&h->idle);
                 pthread_mutex_destroy(&h->mu);
                 free(h->ring);
@@ -1111,7 +1098,7 @@ ks_err_t ks_kv_engine_new(const ks_kv_store_ops_t *sops, void *st, int64_t revis
         e->lease_seq = lease_seq;
         e->next_expiry = INT64_MAX;
         pthread_mutex_init(&e->mu, NULL);
-        if (cond_init_mono(&e->reaper_cv) != 0) {
+        if (ks_cond_init_monotonic(&e->reaper_cv) != 0) {
                 err = KS_ERR__NOMEM;
                 goto fail_mu;
         }

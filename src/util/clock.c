@@ -72,3 +72,16 @@ void ks_deadline_after_ms(struct timespec *ts, int64_t ms)
                 ts->tv_nsec -= 1000000000L;
         }
 }
+
+int ks_cond_init_monotonic(pthread_cond_t *cv)
+{
+        pthread_condattr_t a;
+        int r = pthread_condattr_init(&a);
+        if (r)
+                return r;
+        r = pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
+        if (!r)
+                r = pthread_cond_init(cv, &a);
+        pthread_condattr_destroy(&a);
+        return r;
+}

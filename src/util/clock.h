@@ -39,6 +39,12 @@ void ks_clock_fake_advance(ks_clock_fake_t *f, int64_t ms);
  * buf (>= 32 bytes).  Returns buf. */
 char *ks_time_rfc3339(int64_t wall_ms, char *buf, int size);
 
+#include <pthread.h>
+
+/* Initialises a condition variable whose timed waits use CLOCK_MONOTONIC
+ * (immune to wall-clock steps).  0 or an errno value. */
+int ks_cond_init_monotonic(pthread_cond_t *cv);
+
 struct timespec;
 /* *ts = CLOCK_MONOTONIC now + ms: a deadline for pthread_cond_timedwait on
  * a condition variable created with pthread_condattr_setclock(MONOTONIC). */
