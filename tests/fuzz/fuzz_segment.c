@@ -148,11 +148,13 @@ static void check_key(const uint8_t *data, size_t size)
         memcpy(key, data, n);
         key[n] = '\0';
         int64_t base;
+        int32_t epoch;
         const char *ext;
-        if (ks_segment_key_parse(key, &base, NULL, &ext) != KS_ERR_NONE)
+        if (ks_segment_key_parse(key, &base, &epoch, &ext) != KS_ERR_NONE)
                 return;
-        FUZZ_ASSERT(base >= 0);
-        int k = ks_segment_key(again, sizeof(again), "ns", "topic", 0, base, ext);
+        FUZZ_ASSERT(base >= 0 && epoch >= 0);
+        /* A parsed key is exactly the key its parts make (one spelling). */
+        int k = ks_segment_key_epoch(again, sizeof(again), "ns", "topic", 0, base, epoch, ext);
         FUZZ_ASSERT(k > 0);
         const char *name = strrchr(key, '/');
         name = name ? name + 1 : key;
