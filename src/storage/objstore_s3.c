@@ -25,6 +25,7 @@
  * immutable after creation.  A request's state lives on its caller's stack.
  */
 #include "storage/objstore.h"
+#include "storage/objstore_s3_xml.h"
 
 #include <ctype.h>
 #include <curl/curl.h>
@@ -613,6 +614,36 @@ static int list_fn(void *ctx, int depth, const char *name, size_t nlen, int end,
                 }
         }
         return 0;
+}
+
+ks_err_t ks_s3_xml_list_page(const char *body, size_t len, const char *prefix, ks_objlist_t *out, size_t *cap,
+                             int *truncated, char **next_token, size_t *skipped)
+{
+        list_ctx_t l = {.out = out, .cap = cap, .prefix = prefix, .plen = strlen(prefix)};
+        ks_err_t err = xml_parse(body, len, list_fn, &l);
+        if (l.err)
+                err = l.err;
+        free(l.key);
+        *skipped += l.skipped;
+        *truncated = l.truncated;
+        if (err) {
+                free(l.next_token);
+                *next_token = NULL;
+                return err;
+        }
+        *next_token = l.next_token;
+        return KS_ERR_NONE;
+}
+
+void ks_s3_xml_error(const char *body, size_t len, char *code, size_t codelen, char *msg, size_t msglen,
+                     char *request_id, size_t idlen)
+{
+        s3_call_t c;
+        memset(&c, 0, sizeof(c));
+        (void)xml_parse(body, len, error_doc_fn, &c);
+        snprintf(code, codelen, "%s", c.s3_code);
+        snprintf(msg, msglen, "%s", c.s3_msg);
+        snprintf(request_id, idlen, "%s", c.request_id);
 }
 
 /* ------------------------------------------------------------ curl plumbing */
@@ -1274,14 +1305,12 @@ static ks_err_t s3_list(ks_objstore_t *st, const char *prefix, ks_objlist_t *out
                         call_free(&c);
                         break;
                 }
-                list_ctx_t l = {.out = out, .cap = &cap, .prefix = prefix, .plen = strlen(prefix)};
-                err = xml_parse((const char *)c.body, c.body_len_got, list_fn, &l);
-                if (l.err)
-                        err = l.err;
-                free(l.key);
-                skipped += l.skipped;
+                int truncated = 0;
+                char *next_token = NULL;
+                err = ks_s3_xml_list_page((const char *)c.body, c.body_len_got, prefix, out, &cap, &truncated,
+                                          &next_token, &skipped);
                 call_free(&c);
-                if (!err && l.truncated && (!l.next_token || (token && !strcmp(token, l.next_token)))) {
+                if (!err && truncated && (!next_token || (token && !strcmp(token, next_token)))) {
                         err = KS_ERR__PARSE; /* would loop forever */
                 }
                 if (err) {
@@ -1289,12 +1318,12 @@ static ks_err_t s3_list(ks_objstore_t *st, const char *prefix, ks_objlist_t *out
                                      "bucket=\"%s\" prefix=\"%s\" page=%d error=%s reason=\"malformed "
                                      "ListObjectsV2 answer\"",
                                      s->bucket, prefix, page, ks_err_name(err));
-                        free(l.next_token);
+                        free(next_token);
                         break;
                 }
                 free(token);
-                token = l.next_token;
-                if (!l.truncated)
+                token = next_token;
+                if (!truncated)
                         break;
         }
         free(token);
