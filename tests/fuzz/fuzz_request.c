@@ -21,20 +21,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fuzz.h"
 #include "protocol/codec.h"
 #include "util/arena.h"
 #include "util/wbuf.h"
-
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-#define FUZZ_ASSERT(cond)                                                                \
-        do {                                                                             \
-                if (!(cond)) {                                                           \
-                        fprintf(stderr, "%s:%d: invariant failed: %s\n", __FILE__,       \
-                                __LINE__, #cond);                                        \
-                        abort();                                                         \
-                }                                                                        \
-        } while (0)
 
 static uint8_t *flatten(ks_wbuf_t *w, size_t *len)
 {

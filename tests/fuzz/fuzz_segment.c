@@ -25,21 +25,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fuzz.h"
 #include "log/batch.h"
 #include "storage/segment.h"
 #include "util/bytes.h"
 #include "util/crc32c.h"
-
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-#define FUZZ_ASSERT(cond)                                                                \
-        do {                                                                             \
-                if (!(cond)) {                                                           \
-                        fprintf(stderr, "%s:%d: invariant failed: %s\n", __FILE__,       \
-                                __LINE__, #cond);                                        \
-                        abort();                                                         \
-                }                                                                        \
-        } while (0)
 
 static void check_segment(const uint8_t *buf, size_t len)
 {
