@@ -487,13 +487,8 @@ int ks_broker_start(ks_broker_t *b, const ks_config_t *cfg)
         }
         if (open_object_store(b) != 0 || open_logs(b) != 0)
                 goto fail;
-        ks_groups_config_t gcfg = { cfg->group_min_session_timeout_ms, cfg->group_max_session_timeout_ms,
-                                    cfg->group_initial_rebalance_delay_ms };
-        err = ks_groups_open(&gcfg, b->meta, &b->groups);
-        if (err) {
-                ks_log_error("groups_open_failed", "err=%s", ks_err_name(err));
+        if (ks_broker_groups_open(b) != 0)
                 goto fail;
-        }
         b->workq = ks_workq_new("ks-work", 4);
         if (!b->workq)
                 goto fail;

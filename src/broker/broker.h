@@ -32,7 +32,8 @@ typedef struct ks_broker {
         ks_objstore_t *store;   /* owned: where records are durable */
         ks_log_t *log;          /* owned: partition logs */
         ks_topic_sync_t *topics; /* owned: keeps `log` in step with the topic registry */
-        ks_cluster_t *cluster;  /* owned, cluster mode only: registration and the live brokers */
+        ks_cluster_t *cluster;  /* owned, cluster mode only: membership and ownership of partitions and
+                                 * groups (NULL in embedded and memory mode: this broker serves all) */
         ks_log_config_t log_cfg;
         ks_groups_t *groups;    /* owned: group coordinator */
         const char *mode;       /* "embedded", "memory" or "cluster" */
@@ -56,6 +57,21 @@ int ks_broker_live_brokers(ks_broker_t *b, ks_broker_info_t **out);
  * created, deleted or grew topics; a failure is logged, not returned (the
  * snapshot is a derived view).  BLOCKING. */
 void ks_broker_write_snapshot(ks_broker_t *b);
+
+/* --- cluster mode: group coordination (groups.c) ------------------------------- */
+
+/* Opens the group coordinator (b->groups) for this broker's mode: in
+ * cluster mode groups are loaded when this broker acquires them and their
+ * writes are fenced; otherwise every stored group is loaded at once.
+ * 0, or -1 (logged).  BLOCKING. */
+int ks_broker_groups_open(ks_broker_t *b);
+
+/* ks_cluster_hooks_t group hooks (`opaque` is the broker), run on the
+ * `ks-cluster` thread: load the group from the store / persist and unload
+ * it (members are told NOT_COORDINATOR) / drop it at once. */
+void ks_broker_group_acquired(void *opaque, const char *group);
+void ks_broker_group_release(void *opaque, const char *group);
+void ks_broker_group_lost(void *opaque, const char *group);
 
 /* A request handler: owns `req` until it completes it. */
 typedef void(ks_handler_fn)(ks_broker_t *b, ks_req_t *req);

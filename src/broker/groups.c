@@ -8,6 +8,7 @@
  */
 #include "broker/broker.h"
 #include "protocol/gen/kafka_msgs.h"
+#include "util/log.h"
 
 #define KEY_TYPE_GROUP 0
 #define KEY_TYPE_TRANSACTION 1
@@ -37,6 +38,37 @@ static void fill_coordinator(ks_broker_t *b, int8_t key_type, ks_str_t key, int1
         *node = b->cfg->broker_id;
         *host = ks_str_c(b->cfg->advertised_host);
         *port = b->cfg->advertised_port;
+}
+
+int ks_broker_groups_open(ks_broker_t *b)
+{
+        const ks_config_t *cfg = b->cfg;
+        ks_groups_config_t gcfg = { cfg->group_min_session_timeout_ms, cfg->group_max_session_timeout_ms,
+                                    cfg->group_initial_rebalance_delay_ms };
+        ks_err_t err = ks_groups_open(&gcfg, b->meta, &b->groups);
+        if (err) {
+                ks_log_error("groups_open_failed", "err=%s", ks_err_name(err));
+                return -1;
+        }
+        return 0;
+}
+
+void ks_broker_group_acquired(void *opaque, const char *group)
+{
+        (void)opaque;
+        (void)group;
+}
+
+void ks_broker_group_release(void *opaque, const char *group)
+{
+        (void)opaque;
+        (void)group;
+}
+
+void ks_broker_group_lost(void *opaque, const char *group)
+{
+        (void)opaque;
+        (void)group;
 }
 
 void ks_handle_find_coordinator(ks_broker_t *b, ks_req_t *req)

@@ -2064,12 +2064,15 @@ ks_err_t ks_cluster_start(const ks_cluster_config_t *cfg, ks_kv_t *kv, const ks_
                 cluster_free(c);
                 return err;
         }
+        /* Published before the hooks' thread starts: a hook may use it. */
+        *out = c;
         int rc = pthread_create(&c->ka_thr, NULL, ka_main, c);
         if (!rc) {
                 c->ka_started = true;
                 rc = pthread_create(&c->thr, NULL, cluster_main, c);
         }
         if (rc) {
+                *out = NULL;
                 ks_log_error("cluster_thread_failed", "err=\"%s\"", strerror(rc));
                 pthread_mutex_lock(&c->mu);
                 c->ka_stop = true;
@@ -2083,7 +2086,6 @@ ks_err_t ks_cluster_start(const ks_cluster_config_t *cfg, ks_kv_t *kv, const ks_
                 return KS_ERR__NOMEM;
         }
         c->thr_started = true;
-        *out = c;
         return 0;
 }
 

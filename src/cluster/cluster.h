@@ -117,7 +117,9 @@ typedef struct ks_cluster_hooks {
  * holds a live registration of the same broker id (under another lease) it
  * waits up to cfg->register_wait_ms for it to go away and then fails with
  * KS_ERR__EXISTS (logged with what to do).  Partitions are acquired
- * afterwards, on the module's thread.  BLOCKING. */
+ * afterwards, on the module's thread.  *out is set before that thread
+ * starts, so a hook may read it (e.g. a field the caller passed as `out`).
+ * BLOCKING. */
 ks_err_t ks_cluster_start(const ks_cluster_config_t *cfg, ks_kv_t *kv, const ks_cluster_hooks_t *hooks, void *opaque,
                           ks_cluster_t **out);
 
