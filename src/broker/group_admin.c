@@ -103,9 +103,9 @@ static void delete_groups_work(ks_broker_t *b, ks_req_t *req)
                 if (!err) {
                         /* Its committed offsets and its record; topic data
                          * stays untouched. */
-                        ks_err_t e = ks_offsets_delete_group(b->kv, name);
+                        ks_err_t e = ks_offsets_delete_group(b->kv, name, NULL);
                         if (!e)
-                                e = ks_meta_group_delete(b->meta, name);
+                                e = ks_meta_group_delete(b->meta, name, NULL);
                         if (e) {
                                 ks_log_warn("group_delete_failed", "group=\"%s\" err=%s", name, ks_err_name(e));
                                 err = e == KS_ERR__UNAVAILABLE || e == KS_ERR__TIMEOUT

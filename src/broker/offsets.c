@@ -151,7 +151,7 @@ static void offset_commit_work(ks_broker_t *b, ks_req_t *req)
                 written[nitems++] = pd;
         }
         if (nitems > 0) {
-                ks_err_t err = ks_offsets_commit(b->kv, group, items, nitems);
+                ks_err_t err = ks_offsets_commit(b->kv, group, items, nitems, NULL);
                 if (err) {
                         int16_t w = ks_err_to_wire(err);
                         for (int k = 0; k < nitems; k++)

@@ -1101,7 +1101,7 @@ static void persist_dirty(ks_groups_t *g)
         while (list) {
                 dirty_t *d = list;
                 list = d->next;
-                ks_err_t err = ks_meta_group_put(g->meta, d->id, d->buf, d->len);
+                ks_err_t err = ks_meta_group_put(g->meta, d->id, d->buf, d->len, NULL);
                 if (err) {
                         ks_log_warn("group_persist_failed", "group=\"%s\" err=%s action=retry", d->id,
                                     ks_err_name(err));
