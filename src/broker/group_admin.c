@@ -101,19 +101,20 @@ static void delete_groups_work(ks_broker_t *b, ks_req_t *req)
                         err = ks_offsets_group_has_any(b->kv, name) ? 0 : KS_ERR_GROUP_ID_NOT_FOUND;
                 }
                 if (!err) {
-                        /* Its committed offsets and its record; topic data
-                         * stays untouched. */
+                        /* Its committed offsets, then its record (the
+                         * coordinator deletes it in order with its other
+                         * record writes); topic data stays untouched. */
                         ks_err_t e = ks_offsets_delete_group(b->kv, name, NULL);
-                        if (!e)
-                                e = ks_meta_group_delete(b->meta, name, NULL);
                         if (e) {
                                 ks_log_warn("group_delete_failed", "group=\"%s\" err=%s", name, ks_err_name(e));
+                                ks_groups_delete_abort(b->groups, id);
+                        } else {
+                                e = ks_groups_delete_finish(b->groups, id);
+                        }
+                        if (e)
                                 err = e == KS_ERR__UNAVAILABLE || e == KS_ERR__TIMEOUT
                                               ? KS_ERR_COORDINATOR_NOT_AVAILABLE
                                               : ks_err_to_wire(e);
-                        }
-                        if (known)
-                                ks_groups_delete_finish(b->groups, id);
                 }
                 rs[i].ErrorCode = (int16_t)err;
         }

@@ -44,7 +44,7 @@ int ks_broker_groups_open(ks_broker_t *b)
 {
         const ks_config_t *cfg = b->cfg;
         ks_groups_config_t gcfg = { cfg->group_min_session_timeout_ms, cfg->group_max_session_timeout_ms,
-                                    cfg->group_initial_rebalance_delay_ms };
+                                    cfg->group_initial_rebalance_delay_ms, NULL, NULL, NULL };
         ks_err_t err = ks_groups_open(&gcfg, b->meta, &b->groups);
         if (err) {
                 ks_log_error("groups_open_failed", "err=%s", ks_err_name(err));
