@@ -412,7 +412,7 @@ TEST(log_retention_deletes_oldest_segments)
         REQUIRE_EQ_INT(ks_meta_partition_load(f.meta, "t", 0, &pm), 0);
         CHECK_EQ_INT(pm.nsegs, 2);
         CHECK_EQ_INT(pm.segs[0].base_offset, 30);
-        free(pm.segs);
+        ks_partition_meta_free(&pm);
 
         /* retention.ms: the records are from 2023, far older than a second. */
         f.topic.retention_bytes = -1;
@@ -541,7 +541,7 @@ TEST(log_segments_written_at_a_leader_epoch)
         REQUIRE_EQ_INT(pm.nsegs, 4);
         CHECK_EQ_INT(pm.segs[0].leader_epoch, 0);
         CHECK_EQ_INT(pm.segs[3].leader_epoch, 3);
-        free(pm.segs);
+        ks_partition_meta_free(&pm);
 
         /* Cold reads (no cache) after a restart find every segment, and the
          * batches of epoch 3 say so. */
@@ -666,7 +666,7 @@ TEST(log_partition_ownership_moves_between_brokers)
         REQUIRE_EQ_INT(ks_meta_partition_load(f.meta, "t", 0, &pm), 0);
         CHECK_EQ_INT(pm.next_offset, 30);
         CHECK_EQ_INT(pm.segs[pm.nsegs - 1].leader_epoch, 2);
-        free(pm.segs);
+        ks_partition_meta_free(&pm);
 
         /* Ownership lost without a hand-over: buffered records are dropped,
          * their producers told NOT_LEADER_OR_FOLLOWER. */
@@ -684,7 +684,7 @@ TEST(log_partition_ownership_moves_between_brokers)
         CHECK_EQ_INT(lost.failed, 1);
         REQUIRE_EQ_INT(ks_meta_partition_load(f.meta, "t", 0, &pm), 0);
         CHECK_EQ_INT(pm.next_offset, 30);
-        free(pm.segs);
+        ks_partition_meta_free(&pm);
 
         ks_partition_release(p1);
         ks_partition_release(p2);
