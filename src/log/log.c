@@ -1100,6 +1100,10 @@ static ks_err_t producers_admit(ks_partition_t *p, const ks_batch_info_t *infos,
                                 *dup = d;
                         else
                                 err = KS_ERR_DUPLICATE_SEQUENCE_NUMBER;
+                        ks_log_debug("produce_retry_recognised", "topic=%s partition=%d producer_id=%lld epoch=%d "
+                                     "first_sequence=%d offset=%lld",
+                                     p->topic, p->index, (long long)bi->producer_id, bi->producer_epoch,
+                                     bi->base_sequence, (long long)d.first_offset);
                 } else if (err) {
                         ks_log_debug("produce_sequence_rejected", "topic=%s partition=%d producer_id=%lld err=%s "
                                      "msg=\"%s\"",
