@@ -93,13 +93,21 @@ void ks_broker_ownership_close(ks_broker_t *b);
 #define KS_AWAIT_LEADERS_MAX_MS 5000
 void ks_broker_await_leaders(ks_broker_t *b, const char *topic, int64_t timeout_ms);
 
+/* Does this broker serve partition `p` (named topic/partition) now: its
+ * log serves it and, in cluster mode, the cluster module still says this
+ * broker owns it at that epoch (false from the moment the session's TTL
+ * passed, before any hook ran)?  *epoch (may be NULL): the serving epoch.
+ * Non-blocking. */
+bool ks_broker_owns(ks_broker_t *b, ks_partition_t *p, ks_str_t topic, int32_t partition, int32_t *epoch);
+
 /* May this broker answer a request for partition `p` that carries
  * `current_leader_epoch` (-1: none)?  0; NOT_LEADER_OR_FOLLOWER if it does
- * not serve it; UNKNOWN_LEADER_EPOCH / FENCED_LEADER_EPOCH if the epoch is
- * newer / older than the one it serves at (Kafka's
+ * not serve it (ks_broker_owns); UNKNOWN_LEADER_EPOCH / FENCED_LEADER_EPOCH
+ * if the epoch is newer / older than the one it serves at (Kafka's
  * Partition.checkCurrentLeaderEpoch).  *epoch (may be NULL): the serving
  * epoch.  Non-blocking. */
-ks_err_t ks_broker_leader_check(ks_partition_t *p, int32_t current_leader_epoch, int32_t *epoch);
+ks_err_t ks_broker_leader_check(ks_broker_t *b, ks_partition_t *p, ks_str_t topic, int32_t partition,
+                                int32_t current_leader_epoch, int32_t *epoch);
 
 /* The leader epoch that wrote `offset` (the epoch history's largest entry
  * starting at or before it); -1 if the history does not reach back that

@@ -411,8 +411,8 @@ void ks_handle_fetch(ks_broker_t *b, ks_req_t *req)
                         } else {
                                 /* Served here, at the epoch the client
                                  * expects (v9+; -1: no check)? */
-                                ks_err_t err = ks_broker_leader_check(fp->p, version >= 9 ? fq->CurrentLeaderEpoch : -1,
-                                                                      NULL);
+                                ks_err_t err = ks_broker_leader_check(b, fp->p, name, fq->Partition,
+                                                                      version >= 9 ? fq->CurrentLeaderEpoch : -1, NULL);
                                 if (err)
                                         pd->ErrorCode = (int16_t)err;
                         }

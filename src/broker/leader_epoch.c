@@ -101,7 +101,7 @@ static void answer_partition(ks_broker_t *b, int16_t version, ks_str_t topic,
                 return;
         }
         /* Absent before v2: the decoder leaves the default, -1 (no check). */
-        ks_err_t err = ks_broker_leader_check(p, version >= 2 ? q->CurrentLeaderEpoch : -1, NULL);
+        ks_err_t err = ks_broker_leader_check(b, p, topic, q->Partition, version >= 2 ? q->CurrentLeaderEpoch : -1, NULL);
         if (err) {
                 r->ErrorCode = (int16_t)err;
                 ks_partition_release(p);

@@ -82,7 +82,8 @@ static void list_offsets_work(ks_broker_t *b, ks_req_t *req)
                                 r->ErrorCode = KS_ERR_UNKNOWN_TOPIC_OR_PARTITION;
                                 continue;
                         }
-                        ks_err_t err = ks_broker_leader_check(p, version >= 4 ? q->CurrentLeaderEpoch : -1, NULL);
+                        ks_err_t err = ks_broker_leader_check(b, p, t->Name, q->PartitionIndex,
+                                                      version >= 4 ? q->CurrentLeaderEpoch : -1, NULL);
                         int64_t offset = -1, ts = -1;
                         if (!err)
                                 err = resolve(p, q->Timestamp, &offset, &ts);

@@ -209,10 +209,33 @@ void ks_broker_ownership_close(ks_broker_t *b)
         pthread_mutex_unlock(&b->own_mu);
 }
 
-ks_err_t ks_broker_leader_check(ks_partition_t *p, int32_t current_leader_epoch, int32_t *epoch)
+bool ks_broker_owns(ks_broker_t *b, ks_partition_t *p, ks_str_t topic, int32_t partition, int32_t *epoch)
 {
         int32_t e = -1;
         bool serving = ks_partition_serving(p, &e);
+        if (epoch)
+                *epoch = e;
+        ks_cluster_t *c = cluster_of(b);
+        if (!serving || !c)
+                return serving;
+        /* The log may not have heard yet that ownership ended (a process
+         * that was paused past its lease runs its queued requests before
+         * the cluster thread runs the lost hook): the cluster module's
+         * clock-based view decides. */
+        char name[KS_TOPIC_NAME_MAX + 1];
+        if (topic.len <= 0 || topic.len > KS_TOPIC_NAME_MAX)
+                return false;
+        memcpy(name, topic.ptr, (size_t)topic.len);
+        name[topic.len] = '\0';
+        int32_t owned_epoch = -1;
+        return ks_cluster_owns_partition(c, name, partition, &owned_epoch) && owned_epoch == e;
+}
+
+ks_err_t ks_broker_leader_check(ks_broker_t *b, ks_partition_t *p, ks_str_t topic, int32_t partition,
+                                int32_t current_leader_epoch, int32_t *epoch)
+{
+        int32_t e = -1;
+        bool serving = ks_broker_owns(b, p, topic, partition, &e);
         if (epoch)
                 *epoch = e;
         if (!serving)

@@ -163,6 +163,10 @@ void ks_handle_produce(ks_broker_t *b, ks_req_t *req)
                                 err = KS_ERR_INVALID_REQUIRED_ACKS;
                         } else if (!(p = ks_log_partition(b->log, td->Name, pd->Index))) {
                                 err = KS_ERR_UNKNOWN_TOPIC_OR_PARTITION;
+                        } else if (!ks_broker_owns(b, p, td->Name, pd->Index, NULL)) {
+                                /* Another broker owns it, or this one's
+                                 * ownership just ended (cluster mode). */
+                                err = KS_ERR_NOT_LEADER_OR_FOLLOWER;
                         } else if (pd->Records.len <= 0) {
                                 err = KS_ERR_INVALID_RECORD;
                                 snprintf(msg, sizeof(msg), "No record batch in the request.");
