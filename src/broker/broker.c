@@ -36,6 +36,9 @@
  * hangs is as unusable as one that refuses. */
 #define READY_PROBE_STALE_MS 10000
 #define READY_WHY 256
+/* Cluster mode: start-up waits at most this long for the first ownership
+ * pass before the listener opens. */
+#define FIRST_PASS_WAIT_MS 10000
 
 /* Readiness and the HTTP endpoint.  ks_broker_t (broker.h) has no field for
  * them, so they live here: one broker per process, as main.c runs it. */
@@ -360,6 +363,13 @@ static int open_object_store(ks_broker_t *b)
  * them in step with the topic registry. */
 static int open_logs(ks_broker_t *b)
 {
+        if (b->cfg->etcd_endpoints[0]) {
+                /* Cluster mode: a partition serves only while this broker
+                 * owns it, and every commit is fenced by that ownership. */
+                b->log_cfg.owned_only = true;
+                b->log_cfg.fence = ks_broker_fence;
+                b->log_cfg.fence_opaque = b;
+        }
         ks_err_t err = ks_log_open(&b->log_cfg, b->store, b->meta, &b->log);
         if (err) {
                 ks_log_error("log_open_failed", "err=%s", ks_err_name(err));
@@ -370,6 +380,7 @@ static int open_logs(ks_broker_t *b)
                 ks_log_error("topic_sync_start_failed", "err=%s", ks_err_name(err));
                 return -1;
         }
+        ks_topic_sync_set_hook(b->topics, ks_broker_reconcile, b);
         int64_t t0 = ks_clock_mono_ms(ks_clock_system());
         err = ks_topic_sync_all(b->topics);
         if (err) {
@@ -421,19 +432,25 @@ int ks_broker_live_brokers(ks_broker_t *b, ks_broker_info_t **out)
 }
 
 /* Start-up in cluster mode: register under a lease so that every broker
- * lists this one (Metadata, DescribeCluster) while it lives.  Ownership of
- * partitions and groups is not taken yet: every broker serves every
- * partition (docs/cluster.md, Status). */
-static int start_membership(ks_broker_t *b)
+ * lists this one (Metadata, DescribeCluster) while it lives, and take the
+ * partitions and groups placed on it (docs/cluster.md).  The hooks run on
+ * the module's thread from here on. */
+static int start_cluster(ks_broker_t *b)
 {
         const ks_config_t *cfg = b->cfg;
         ks_cluster_config_t cc = { .broker_id = cfg->broker_id,
                                    .host = cfg->advertised_host,
                                    .port = cfg->advertised_port,
-                                   .lease_ttl_ms = cfg->lease_ttl_ms,
-                                   .membership_only = true };
-        static const ks_cluster_hooks_t no_hooks;
-        ks_err_t err = ks_cluster_start(&cc, b->kv, &no_hooks, b, &b->cluster);
+                                   .lease_ttl_ms = cfg->lease_ttl_ms };
+        static const ks_cluster_hooks_t hooks = {
+                .partition_acquired = ks_broker_partition_acquired,
+                .partition_release = ks_broker_partition_release,
+                .partition_lost = ks_broker_partition_lost,
+                .group_acquired = ks_broker_group_acquired,
+                .group_release = ks_broker_group_release,
+                .group_lost = ks_broker_group_lost,
+        };
+        ks_err_t err = ks_cluster_start(&cc, b->kv, &hooks, b, &b->cluster);
         if (err) {
                 ks_log_error("broker_registration_failed",
                              "broker_id=%d err=%s fix=\"another live broker uses KAFSCALE_BROKER_ID=%d, or etcd is "
@@ -441,14 +458,36 @@ static int start_membership(ks_broker_t *b)
                              cfg->broker_id, ks_err_name(err), cfg->broker_id);
                 return -1;
         }
+        /* The first rebalance pass acquires what is placed here and free. */
+        int64_t t0 = mono_ms();
+        ks_cluster_stats_t st;
+        for (ks_cluster_get_stats(b->cluster, &st); st.passes < 1; ks_cluster_get_stats(b->cluster, &st)) {
+                if (mono_ms() - t0 > FIRST_PASS_WAIT_MS) {
+                        ks_log_warn("cluster_first_pass_slow", "waited_ms=%d action=serving_anyway",
+                                    FIRST_PASS_WAIT_MS);
+                        break;
+                }
+                struct timespec ts = { 0, 10 * 1000000L };
+                nanosleep(&ts, NULL);
+        }
+        ks_log_info("cluster_joined", "broker_id=%d live_brokers=%d partitions_owned=%d ms=%lld", cfg->broker_id,
+                    st.live_brokers, st.owned_partitions, (long long)(mono_ms() - t0));
         return 0;
 }
 
-/* Single broker: it leads every partition, at epoch 0. */
+/* The partition's leader and epoch: the cluster module's view in cluster
+ * mode; otherwise this broker, at the epoch its log serves. */
 static int32_t snapshot_leader(void *opaque, const char *topic, int32_t partition, int32_t *epoch)
 {
-        const ks_broker_t *b = opaque;
+        ks_broker_t *b = opaque;
+        if (b->cluster)
+                return ks_cluster_partition_leader(b->cluster, topic, partition, epoch);
         *epoch = 0;
+        ks_partition_t *p = ks_log_partition(b->log, ks_str_c(topic), partition);
+        if (p) {
+                ks_partition_serving(p, epoch);
+                ks_partition_release(p);
+        }
         return b->cfg->broker_id;
 }
 
@@ -476,6 +515,7 @@ int ks_broker_start(ks_broker_t *b, const ks_config_t *cfg)
 {
         memset(b, 0, sizeof(*b));
         b->cfg = cfg;
+        pthread_mutex_init(&b->own_mu, NULL);
         if (ops_start_http(b) != 0)
                 goto fail;
         if (open_metadata_store(b) != 0)
@@ -492,13 +532,16 @@ int ks_broker_start(ks_broker_t *b, const ks_config_t *cfg)
         b->workq = ks_workq_new("ks-work", 4);
         if (!b->workq)
                 goto fail;
+        /* Cluster mode: partitions placed here and free are served before
+         * the listener opens (those another broker still holds come by
+         * hand-over later). */
+        if (cfg->etcd_endpoints[0] && start_cluster(b) != 0)
+                goto fail;
         b->server = ks_server_new(cfg, ks_broker_dispatch, b);
         if (!b->server)
                 goto fail;
         ks_server_set_on_complete(b->server, ks_broker_request_done, b);
         if (ks_server_start(b->server) != 0)
-                goto fail;
-        if (cfg->etcd_endpoints[0] && start_membership(b) != 0)
                 goto fail;
         if (ops_serving() != 0)
                 goto fail;
@@ -520,9 +563,12 @@ fail:
 void ks_broker_stop(ks_broker_t *b)
 {
         __atomic_store_n(&b->stopping, 1, __ATOMIC_RELAXED);
-        /* Leave the cluster first: the others stop listing this broker. */
+        /* Leave the cluster first: every owned partition is flushed,
+         * committed and handed over (the I/O loops still deliver the
+         * acknowledgements), then the others stop listing this broker. */
+        ks_broker_ownership_close(b);
         ks_cluster_stop(b->cluster);
-        b->cluster = NULL;
+        __atomic_store_n(&b->cluster, NULL, __ATOMIC_RELEASE);
         /* /readyz answers 503 from here on; the probe stops using the
          * stores before they close. */
         ops_stop_probe();

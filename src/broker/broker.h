@@ -13,6 +13,8 @@
 #ifndef KS_BROKER_BROKER_H
 #define KS_BROKER_BROKER_H
 
+#include <pthread.h>
+
 #include "broker/topic_sync.h"
 #include "cluster/cluster.h"
 #include "config/config.h"
@@ -36,6 +38,8 @@ typedef struct ks_broker {
                                  * groups (NULL in embedded and memory mode: this broker serves all) */
         ks_log_config_t log_cfg;
         ks_groups_t *groups;    /* owned: group coordinator */
+        pthread_mutex_t own_mu; /* serialises changes of partition ownership (ownership.c) */
+        bool own_closed;        /* under own_mu: shutting down, the reconcile pass does nothing */
         const char *mode;       /* "embedded", "memory" or "cluster" */
         volatile int stopping;  /* set at shutdown: new requests are refused */
 } ks_broker_t;
@@ -57,6 +61,50 @@ int ks_broker_live_brokers(ks_broker_t *b, ks_broker_info_t **out);
  * created, deleted or grew topics; a failure is logged, not returned (the
  * snapshot is a derived view).  BLOCKING. */
 void ks_broker_write_snapshot(ks_broker_t *b);
+
+/* --- cluster mode: partition ownership (ownership.c) ---------------------------- */
+
+/* ks_cluster_hooks_t partition hooks (`opaque` is the broker), run on the
+ * `ks-cluster` thread: the log serves the partition at `epoch` / flushes
+ * and stops serving / stops serving at once. */
+void ks_broker_partition_acquired(void *opaque, const char *topic, int32_t partition, int32_t epoch);
+void ks_broker_partition_release(void *opaque, const char *topic, int32_t partition);
+void ks_broker_partition_lost(void *opaque, const char *topic, int32_t partition);
+
+/* The log's fence callback (ks_log_config_t.fence; `opaque` the broker). */
+void ks_broker_fence(void *opaque, const char *topic, int32_t partition, int32_t epoch, char *keybuf, size_t keylen,
+                     ks_kv_cmp_t *cmp);
+
+/* ks_topic_synced_fn: partitions of `topic` (NULL: of every open topic)
+ * that the cluster module says this broker owns but the log does not serve
+ * at that epoch are taken now.  BLOCKING. */
+void ks_broker_reconcile(void *opaque, const char *topic);
+
+/* From here on the reconcile pass does nothing (shutdown, before the
+ * cluster module stops). */
+void ks_broker_ownership_close(ks_broker_t *b);
+
+/* Cluster mode: waits until every partition of `topic` has a leader
+ * (acquired at least once: leader epoch > 0), at most timeout_ms; returns
+ * at once in other modes.  A new topic's partitions are acquired by their
+ * brokers within moments of its creation; CreateTopics, CreatePartitions
+ * and auto-creation wait for that, as Kafka waits for its leaders, so a
+ * client that produces right after sees a leader.  BLOCKING. */
+#define KS_AWAIT_LEADERS_MAX_MS 5000
+void ks_broker_await_leaders(ks_broker_t *b, const char *topic, int64_t timeout_ms);
+
+/* May this broker answer a request for partition `p` that carries
+ * `current_leader_epoch` (-1: none)?  0; NOT_LEADER_OR_FOLLOWER if it does
+ * not serve it; UNKNOWN_LEADER_EPOCH / FENCED_LEADER_EPOCH if the epoch is
+ * newer / older than the one it serves at (Kafka's
+ * Partition.checkCurrentLeaderEpoch).  *epoch (may be NULL): the serving
+ * epoch.  Non-blocking. */
+ks_err_t ks_broker_leader_check(ks_partition_t *p, int32_t current_leader_epoch, int32_t *epoch);
+
+/* The leader epoch that wrote `offset` (the epoch history's largest entry
+ * starting at or before it); -1 if the history does not reach back that
+ * far.  Non-blocking. */
+int32_t ks_broker_epoch_at(ks_partition_t *p, int64_t offset);
 
 /* --- cluster mode: group coordination (groups.c) ------------------------------- */
 

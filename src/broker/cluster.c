@@ -40,8 +40,26 @@ static bool all_topics_requested(const ks_MetadataRequest *rq, int16_t version)
         return rq->Topics.count < 0 || (version == 0 && rq->Topics.count == 0);
 }
 
-static void fill_topic(ks_req_t *req, ks_MetadataResponse_MetadataResponseTopic *mt, const ks_topic_t *t,
-                       int32_t leader, const int32_t *replicas, bool include_ops)
+/* A partition's leader and leader epoch: in cluster mode the cluster
+ * module's view (-1 while it has no leader: no live broker, or never
+ * acquired yet); otherwise this broker, at the epoch its log serves. */
+static int32_t partition_leader(ks_broker_t *b, const ks_topic_t *t, int32_t partition, int32_t *epoch)
+{
+        *epoch = 0;
+        if (b->cluster) {
+                int32_t leader = ks_cluster_partition_leader(b->cluster, t->name, partition, epoch);
+                return *epoch > 0 ? leader : -1;
+        }
+        ks_partition_t *p = ks_log_partition(b->log, ks_str_c(t->name), partition);
+        if (p) {
+                ks_partition_serving(p, epoch);
+                ks_partition_release(p);
+        }
+        return b->cfg->broker_id;
+}
+
+static void fill_topic(ks_broker_t *b, ks_req_t *req, ks_MetadataResponse_MetadataResponseTopic *mt,
+                       const ks_topic_t *t, bool include_ops)
 {
         mt->ErrorCode = 0;
         mt->Name = ks_arena_str(&req->arena, "%s", t->name);
@@ -51,19 +69,26 @@ static void fill_topic(ks_req_t *req, ks_MetadataResponse_MetadataResponseTopic 
                 mt->TopicAuthorizedOperations = TOPIC_OPS;
         ks_MetadataResponse_MetadataResponsePartition *ps =
                 ks_msg_new_array(&ks_MetadataResponse_MetadataResponsePartition_desc, t->partitions, &req->arena);
-        if (!ps) {
+        int32_t *leaders = ks_array_new(sizeof(int32_t), t->partitions, &req->arena);
+        if (!ps || (!leaders && t->partitions > 0)) {
                 mt->ErrorCode = KS_ERR_UNKNOWN_SERVER_ERROR;
                 return;
         }
         for (int32_t p = 0; p < t->partitions; p++) {
-                ps[p].ErrorCode = 0;
+                int32_t epoch = 0;
+                int32_t leader = partition_leader(b, t, p, &epoch);
+                /* The only replica is the leader (object storage keeps the
+                 * copies); a partition without a leader lists none. */
+                leaders[p] = leader;
+                int32_t nrep = leader >= 0 ? 1 : 0;
+                ps[p].ErrorCode = leader >= 0 ? 0 : KS_ERR_LEADER_NOT_AVAILABLE;
                 ps[p].PartitionIndex = p;
                 ps[p].LeaderId = leader;
-                ps[p].LeaderEpoch = 0;
-                ps[p].ReplicaNodes.items = (int32_t *)replicas;
-                ps[p].ReplicaNodes.count = 1;
-                ps[p].IsrNodes.items = (int32_t *)replicas;
-                ps[p].IsrNodes.count = 1;
+                ps[p].LeaderEpoch = leader >= 0 ? epoch : -1;
+                ps[p].ReplicaNodes.items = &leaders[p];
+                ps[p].ReplicaNodes.count = nrep;
+                ps[p].IsrNodes.items = &leaders[p];
+                ps[p].IsrNodes.count = nrep;
                 ps[p].OfflineReplicas.count = 0;
         }
         mt->Partitions.items = ps;
@@ -82,8 +107,7 @@ static void metadata_respond(ks_broker_t *b, ks_req_t *req)
         ks_MetadataResponse_MetadataResponseBroker *brokers =
                 nlive > 0 ? ks_msg_new_array(&ks_MetadataResponse_MetadataResponseBroker_desc, nlive, &req->arena)
                           : NULL;
-        int32_t *replicas = ks_array_new(sizeof(int32_t), 1, &req->arena);
-        if (!resp || !brokers || !replicas) {
+        if (!resp || !brokers) {
                 free(live);
                 ks_req_close(req, "out of memory");
                 return;
@@ -101,7 +125,6 @@ static void metadata_respond(ks_broker_t *b, ks_req_t *req)
         resp->ControllerId = cfg->broker_id;
         if (rq->IncludeClusterAuthorizedOperations)
                 resp->ClusterAuthorizedOperations = CLUSTER_OPS;
-        replicas[0] = cfg->broker_id;
         bool ops = rq->IncludeTopicAuthorizedOperations;
 
         if (all_topics_requested(rq, version)) {
@@ -116,7 +139,7 @@ static void metadata_respond(ks_broker_t *b, ks_req_t *req)
                         return;
                 }
                 for (int i = 0; i < n; i++)
-                        fill_topic(req, &mts[i], &all[i], cfg->broker_id, replicas, ops);
+                        fill_topic(b, req, &mts[i], &all[i], ops);
                 free(all);
                 resp->Topics.items = mts;
                 resp->Topics.count = n;
@@ -141,13 +164,13 @@ static void metadata_respond(ks_broker_t *b, ks_req_t *req)
                 if (ks_str_is_null(q->Name)) {
                         if (version >= 10 && !ks_uuid_is_zero(&q->TopicId) &&
                             ks_meta_topic_get_by_id(b->meta, q->TopicId, &t))
-                                fill_topic(req, mt, &t, cfg->broker_id, replicas, ops);
+                                fill_topic(b, req, mt, &t, ops);
                         else
                                 mt->ErrorCode = KS_ERR_UNKNOWN_TOPIC_ID;
                 } else if (ks_topic_name_invalid(q->Name)) {
                         mt->ErrorCode = KS_ERR_INVALID_TOPIC_EXCEPTION;
                 } else if (ks_meta_topic_get(b->meta, q->Name, &t)) {
-                        fill_topic(req, mt, &t, cfg->broker_id, replicas, ops);
+                        fill_topic(b, req, mt, &t, ops);
                 } else {
                         mt->ErrorCode = KS_ERR_UNKNOWN_TOPIC_OR_PARTITION;
                 }
@@ -179,6 +202,8 @@ static void metadata_auto_create_work(ks_broker_t *b, ks_req_t *req)
                         err = ks_topic_sync_one(b->topics, t.name);
                 if (err && err != KS_ERR__EXISTS)
                         ks_log_warn("topic_auto_create_failed", "topic=%s err=%s", t.name, ks_err_name(err));
+                if (!err)
+                        ks_broker_await_leaders(b, t.name, KS_AWAIT_LEADERS_MAX_MS);
                 created |= err == 0;
         }
         if (created)

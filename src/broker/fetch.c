@@ -408,9 +408,13 @@ void ks_handle_fetch(ks_broker_t *b, ks_req_t *req)
                         fp->p = ks_log_partition(b->log, name, fq->Partition);
                         if (!fp->p) {
                                 pd->ErrorCode = KS_ERR_UNKNOWN_TOPIC_OR_PARTITION;
-                        } else if (version >= 9 && fq->CurrentLeaderEpoch > 0) {
-                                /* Every partition is at leader epoch 0 here. */
-                                pd->ErrorCode = KS_ERR_UNKNOWN_LEADER_EPOCH;
+                        } else {
+                                /* Served here, at the epoch the client
+                                 * expects (v9+; -1: no check)? */
+                                ks_err_t err = ks_broker_leader_check(fp->p, version >= 9 ? fq->CurrentLeaderEpoch : -1,
+                                                                      NULL);
+                                if (err)
+                                        pd->ErrorCode = (int16_t)err;
                         }
                 }
         }

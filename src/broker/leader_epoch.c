@@ -23,8 +23,15 @@
  *
  * CurrentLeaderEpoch (v2+) fences as Kafka's Partition.checkCurrentLeaderEpoch
  * does: -1 means "no check"; any other value above the partition's current
- * epoch is UNKNOWN_LEADER_EPOCH, below it FENCED_LEADER_EPOCH.  An unknown
- * topic or partition is UNKNOWN_TOPIC_OR_PARTITION.  ReplicaId (v3+) is not
+ * epoch is UNKNOWN_LEADER_EPOCH, below it FENCED_LEADER_EPOCH; a partition
+ * this broker does not serve (cluster mode: another broker owns it) is
+ * NOT_LEADER_OR_FOLLOWER.  An unknown topic or partition is
+ * UNKNOWN_TOPIC_OR_PARTITION.
+ *
+ * The history is the partition's PartitionState.epoch_history, as the log
+ * loaded it when this broker took the partition (cluster/cluster.h extends
+ * it with {new epoch, committed end offset} on every change of owner; in
+ * embedded mode it is [{0, 0}]).  ReplicaId (v3+) is not
  * checked: -1 (consumer), -2 (debug) and follower ids are all answered
  * alike, as Kafka answers them (it only uses the id for authorisation).
  *
@@ -39,47 +46,7 @@
 #define UNDEFINED_EPOCH (-1)
 #define UNDEFINED_EPOCH_OFFSET ((int64_t)-1)
 
-/* One entry of a partition's leader-epoch history: leader epoch `epoch`
- * wrote its first record at `start_offset` (PartitionState.epoch_history
- * in the metadata store). */
-typedef struct epoch_entry {
-        int32_t epoch;
-        int64_t start_offset;
-} epoch_entry_t;
-
-/* Largest history this handler copies per partition (on the stack).
- * Histories grow by one entry per change of leadership; the accessor that
- * will fill it from the partition must copy the newest entries when there
- * are more (the newest decide every answer but those for ancient epochs;
- * Kafka likewise forgets the oldest as the log start moves). */
-#define EPOCH_HISTORY_MAX 64
-
-/*
- * The epoch history of a partition, into out[0..cap); returns the count.
- *
- * Today every partition has exactly one leader epoch, 0, that began at
- * offset 0: metadata.c writes PartitionState.epoch_history = [{0, 0}] when a
- * topic is created, nothing changes it, and log.h does not expose the
- * history.  When cluster mode moves partition ownership between brokers,
- * the history gains entries; this helper must then read it from the
- * partition (a log.h accessor) instead.  Everything below works on any
- * sorted history.
- */
-static int partition_epoch_history(ks_partition_t *p, epoch_entry_t *out, int cap)
-{
-        (void)p;
-        if (cap < 1)
-                return 0;
-        out[0].epoch = 0;
-        out[0].start_offset = 0;
-        return 1;
-}
-
-/* The current leader epoch: the latest entry's, -1 for an empty history. */
-static int32_t current_epoch(const epoch_entry_t *hist, int n)
-{
-        return n > 0 ? hist[n - 1].epoch : UNDEFINED_EPOCH;
-}
+typedef ks_epoch_entry_t epoch_entry_t;
 
 /*
  * Kafka's LeaderEpochFileCache.endOffsetFor over `hist` (n entries, epochs
@@ -133,16 +100,15 @@ static void answer_partition(ks_broker_t *b, int16_t version, ks_str_t topic,
                 r->ErrorCode = KS_ERR_UNKNOWN_TOPIC_OR_PARTITION;
                 return;
         }
-        epoch_entry_t hist[EPOCH_HISTORY_MAX];
-        int n = partition_epoch_history(p, hist, EPOCH_HISTORY_MAX);
-        int32_t cur = current_epoch(hist, n);
         /* Absent before v2: the decoder leaves the default, -1 (no check). */
-        int32_t expected = version >= 2 ? q->CurrentLeaderEpoch : -1;
-        if (expected != -1 && expected != cur) {
-                r->ErrorCode = expected > cur ? KS_ERR_UNKNOWN_LEADER_EPOCH : KS_ERR_FENCED_LEADER_EPOCH;
+        ks_err_t err = ks_broker_leader_check(p, version >= 2 ? q->CurrentLeaderEpoch : -1, NULL);
+        if (err) {
+                r->ErrorCode = (int16_t)err;
                 ks_partition_release(p);
                 return;
         }
+        epoch_entry_t hist[KS_EPOCH_HISTORY_MAX];
+        int n = ks_partition_epoch_history(p, hist, KS_EPOCH_HISTORY_MAX);
         ks_partition_offsets_t po;
         ks_partition_offsets(p, &po);
         ks_partition_release(p);

@@ -82,12 +82,11 @@ static void list_offsets_work(ks_broker_t *b, ks_req_t *req)
                                 r->ErrorCode = KS_ERR_UNKNOWN_TOPIC_OR_PARTITION;
                                 continue;
                         }
-                        ks_err_t err = 0;
-                        if (version >= 4 && q->CurrentLeaderEpoch > 0)
-                                err = KS_ERR_UNKNOWN_LEADER_EPOCH; /* every partition is at epoch 0 */
+                        ks_err_t err = ks_broker_leader_check(p, version >= 4 ? q->CurrentLeaderEpoch : -1, NULL);
                         int64_t offset = -1, ts = -1;
                         if (!err)
                                 err = resolve(p, q->Timestamp, &offset, &ts);
+                        int32_t epoch = !err && offset >= 0 ? ks_broker_epoch_at(p, offset) : -1;
                         ks_partition_release(p);
                         if (err) {
                                 r->ErrorCode = ks_err_to_wire(err);
@@ -95,7 +94,7 @@ static void list_offsets_work(ks_broker_t *b, ks_req_t *req)
                         }
                         r->Offset = offset;
                         r->Timestamp = ts;
-                        r->LeaderEpoch = offset >= 0 ? 0 : -1;
+                        r->LeaderEpoch = epoch;
                         if (version == 0) {
                                 int64_t *old = ks_array_new(sizeof(int64_t), 1, &req->arena);
                                 int32_t max = q->MaxNumOffsets;

@@ -192,6 +192,14 @@ static void create_partitions_work(ks_broker_t *b, ks_req_t *req)
                 } else {
                         err = grow_topic(b, ct, rq->ValidateOnly, msg, sizeof(msg));
                         changed |= !err && !rq->ValidateOnly;
+                        if (!err && !rq->ValidateOnly && ct->Name.len <= KS_TOPIC_NAME_MAX) {
+                                char name[KS_TOPIC_NAME_MAX + 1];
+                                memcpy(name, ct->Name.ptr, (size_t)ct->Name.len);
+                                name[ct->Name.len] = '\0';
+                                ks_broker_await_leaders(b, name,
+                                                        rq->TimeoutMs < KS_AWAIT_LEADERS_MAX_MS ? rq->TimeoutMs
+                                                                                                 : KS_AWAIT_LEADERS_MAX_MS);
+                        }
                 }
                 res[out].Name = ct->Name;
                 res[out].ErrorCode = (int16_t)err;

@@ -37,7 +37,29 @@ struct ks_topic_sync {
 
         pthread_t thread;
         bool started;
+
+        ks_topic_synced_fn *synced; /* set before the thread syncs anything */
+        void *synced_opaque;
 };
+
+void ks_topic_sync_set_hook(ks_topic_sync_t *s, ks_topic_synced_fn *fn, void *opaque)
+{
+        pthread_mutex_lock(&s->qmu);
+        s->synced = fn;
+        s->synced_opaque = opaque;
+        pthread_mutex_unlock(&s->qmu);
+}
+
+/* The hook, read under qmu (it is set once, early). */
+static void call_synced(ks_topic_sync_t *s, const char *topic)
+{
+        pthread_mutex_lock(&s->qmu);
+        ks_topic_synced_fn *fn = s->synced;
+        void *opaque = s->synced_opaque;
+        pthread_mutex_unlock(&s->qmu);
+        if (fn)
+                fn(opaque, topic);
+}
 
 static ks_err_t sync_locked(ks_topic_sync_t *s, const char *name)
 {
@@ -153,10 +175,13 @@ static void *sync_thread(void *arg)
                 pthread_mutex_unlock(&s->qmu);
                 if (all) {
                         ks_topic_sync_all(s);
+                        call_synced(s, NULL);
                         ks_deadline_after_ms(&next_full, KS_TOPIC_SYNC_PERIOD_MS);
                 } else {
-                        for (int i = 0; i < n; i++)
+                        for (int i = 0; i < n; i++) {
                                 ks_topic_sync_one(s, batch[i]);
+                                call_synced(s, batch[i]);
+                        }
                 }
                 free(batch);
                 pthread_mutex_lock(&s->qmu);

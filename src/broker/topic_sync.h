@@ -33,6 +33,13 @@ typedef struct ks_topic_sync ks_topic_sync_t;
  * `meta` are borrowed and must outlive it.  Does not sync anything yet. */
 ks_err_t ks_topic_sync_start(ks_log_t *log, ks_meta_t *meta, ks_topic_sync_t **out);
 
+/* Called after the module's own thread synced `topic` (NULL: after a
+ * full pass), with no lock of this module held: the broker uses it to make
+ * partitions it owns serve once their topic is open (broker/ownership.c).
+ * Set before the first sync; may block. */
+typedef void(ks_topic_synced_fn)(void *opaque, const char *topic);
+void ks_topic_sync_set_hook(ks_topic_sync_t *s, ks_topic_synced_fn *fn, void *opaque);
+
 /* Stops listening and joins the thread.  NULL is a no-op. */
 void ks_topic_sync_stop(ks_topic_sync_t *s);
 

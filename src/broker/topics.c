@@ -219,8 +219,17 @@ static void create_topics_work(ks_broker_t *b, ks_req_t *req)
                 }
                 out++;
         }
-        if (changed)
+        if (changed) {
+                int64_t wait = rq->timeoutMs < KS_AWAIT_LEADERS_MAX_MS ? rq->timeoutMs : KS_AWAIT_LEADERS_MAX_MS;
+                for (int32_t i = 0; i < out; i++)
+                        if (res[i].ErrorCode == 0 && res[i].Name.len <= KS_TOPIC_NAME_MAX) {
+                                char name[KS_TOPIC_NAME_MAX + 1];
+                                memcpy(name, res[i].Name.ptr, (size_t)res[i].Name.len);
+                                name[res[i].Name.len] = '\0';
+                                ks_broker_await_leaders(b, name, wait);
+                        }
                 ks_broker_write_snapshot(b);
+        }
         resp->Topics.items = res;
         resp->Topics.count = out;
         ks_req_respond(req, resp);

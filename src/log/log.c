@@ -98,6 +98,8 @@ struct ks_partition {
         int64_t next;
         int64_t flush_bytes; /* flush target: min(segment_bytes, the topic's segment.bytes) */
         int32_t leader_epoch; /* epoch new records are written at (0 until ownership says otherwise) */
+        ks_epoch_entry_t *history; /* leader-epoch history as last loaded (malloc'ed; nhistory >= 1) */
+        int nhistory;
         int64_t retention_ms;    /* -1: unlimited */
         int64_t retention_bytes; /* -1: unlimited */
         seg_t *segs;
@@ -423,6 +425,7 @@ static void partition_free(ks_partition_t *p)
         for (int i = 0; i < p->nsegs; i++)
                 segdata_unref(p->segs[i].data);
         free(p->segs);
+        free(p->history);
         segdata_unref(p->active);
         segdata_unref(p->flushing);
         drop_sealed(p);
@@ -459,6 +462,20 @@ static int64_t flush_target(const ks_log_t *log, const ks_topic_t *t)
                                                                                  : log->cfg.segment_bytes;
 }
 
+/* Replaces p's epoch history with the loaded one; p->lock held or p not
+ * yet shared.  0, or -1 if memory ran out (p unchanged). */
+static int history_set(ks_partition_t *p, const ks_partition_meta_t *pm)
+{
+        ks_epoch_entry_t *h = malloc((size_t)pm->nhistory * sizeof(*h));
+        if (!h)
+                return -1;
+        memcpy(h, pm->history, (size_t)pm->nhistory * sizeof(*h));
+        free(p->history);
+        p->history = h;
+        p->nhistory = pm->nhistory;
+        return 0;
+}
+
 static ks_err_t partition_load(ks_log_t *log, const ks_topic_t *t, int32_t index, ks_partition_t **out)
 {
         ks_partition_meta_t pm;
@@ -485,6 +502,12 @@ static ks_err_t partition_load(ks_log_t *log, const ks_topic_t *t, int32_t index
         pthread_cond_init(&p->idle_cond, NULL);
         p->hwm = p->next = pm.next_offset;
         p->serving = !log->cfg.owned_only;
+        p->leader_epoch = pm.leader_epoch;
+        if (history_set(p, &pm) != 0) {
+                free(pm.segs);
+                partition_free(p);
+                return KS_ERR__NOMEM;
+        }
         p->flush_bytes = flush_target(log, t);
         p->retention_ms = t->retention_ms;
         p->retention_bytes = t->retention_bytes;
@@ -1566,6 +1589,16 @@ bool ks_partition_serving(ks_partition_t *p, int32_t *epoch)
         return serving;
 }
 
+int ks_partition_epoch_history(ks_partition_t *p, ks_epoch_entry_t *out, int cap)
+{
+        pthread_mutex_lock(&p->lock);
+        int n = p->nhistory < cap ? p->nhistory : cap;
+        if (n > 0)
+                memcpy(out, p->history + (p->nhistory - n), (size_t)n * sizeof(*out));
+        pthread_mutex_unlock(&p->lock);
+        return n;
+}
+
 ks_err_t ks_partition_take_ownership(ks_partition_t *p, int32_t epoch)
 {
         ks_log_t *log = p->log;
@@ -1582,13 +1615,22 @@ ks_err_t ks_partition_take_ownership(ks_partition_t *p, int32_t epoch)
         ks_err_t err = ks_meta_partition_load(log->meta, p->topic, p->index, &pm);
         if (err)
                 return err;
+        if (pm.leader_epoch != epoch)
+                /* The acquiring transaction wrote `epoch`; a read after it
+                 * sees it.  Serve anyway (the fence decides), but say so. */
+                ks_log_warn("partition_epoch_mismatch", "topic=%s partition=%d owned_epoch=%d stored_epoch=%d",
+                            p->topic, p->index, epoch, pm.leader_epoch);
         seg_t *segs = calloc((size_t)(pm.nsegs > 8 ? pm.nsegs : 8), sizeof(*segs));
-        if (!segs) {
+        ks_epoch_entry_t *hist = malloc((size_t)pm.nhistory * sizeof(*hist));
+        if (!segs || !hist) {
+                free(segs);
+                free(hist);
                 free(pm.segs);
                 return KS_ERR__NOMEM;
         }
         for (int i = 0; i < pm.nsegs; i++)
                 segs[i].m = pm.segs[i];
+        memcpy(hist, pm.history, (size_t)pm.nhistory * sizeof(*hist));
         pthread_mutex_lock(&p->lock);
         /* Invariant: nothing of an earlier ownership is still buffered. */
         if (p->active || p->flushing || p->sealed_head || p->uploading || p->pwait_head) {
@@ -1603,6 +1645,9 @@ ks_err_t ks_partition_take_ownership(ks_partition_t *p, int32_t epoch)
         p->nsegs = pm.nsegs;
         p->hwm = p->next = pm.next_offset;
         p->leader_epoch = epoch;
+        free(p->history);
+        p->history = hist;
+        p->nhistory = pm.nhistory;
         p->failures = 0;
         p->storage_failing = false;
         p->serving = true;

@@ -135,8 +135,13 @@ void ks_partition_set_leader_epoch(ks_partition_t *p, int32_t epoch);
  * NULL): the leader epoch it writes at.  Non-blocking. */
 bool ks_partition_serving(ks_partition_t *p, int32_t *epoch);
 
+/* The partition's leader-epoch history as last loaded from the store (at
+ * open, or when ownership was taken), its newest `cap` entries into out;
+ * returns the count (>= 1 for cap >= 1).  Non-blocking. */
+int ks_partition_epoch_history(ks_partition_t *p, ks_epoch_entry_t *out, int cap);
+
 /* This broker now owns the partition at leader epoch `epoch`: its end
- * offset and segment manifest are reloaded from the metadata store (another
+ * offset, segment manifest and epoch history are reloaded from the metadata store (another
  * broker may have written it meanwhile), then it serves.  BLOCKING. */
 ks_err_t ks_partition_take_ownership(ks_partition_t *p, int32_t epoch);
 

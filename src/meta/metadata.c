@@ -864,6 +864,37 @@ static int seg_cmp(const void *a, const void *b)
         return x->base_offset < y->base_offset ? -1 : x->base_offset > y->base_offset;
 }
 
+/* The leader epoch and epoch history of a PartitionState record into
+ * *out.  Entries that break the order (epochs and start offsets ascending)
+ * make the record corrupt: an answer built on them would mislead clients. */
+static ks_err_t partition_state_history(const uint8_t *buf, size_t len, ks_partition_meta_t *out)
+{
+        Kafscale__Metadata__PartitionState *ps = kafscale__metadata__partition_state__unpack(NULL, len, buf);
+        if (!ps)
+                return KS_ERR__CORRUPT;
+        ks_err_t err = 0;
+        out->leader_epoch = ps->leader_epoch;
+        size_t n = ps->n_epoch_history;
+        size_t from = n > KS_EPOCH_HISTORY_MAX ? n - KS_EPOCH_HISTORY_MAX : 0;
+        out->nhistory = 0;
+        for (size_t i = from; i < n && !err; i++) {
+                const Kafscale__Metadata__EpochEntry *e = ps->epoch_history[i];
+                ks_epoch_entry_t *prev = out->nhistory ? &out->history[out->nhistory - 1] : NULL;
+                if (e->epoch < 0 || e->start_offset < 0 ||
+                    (prev && (e->epoch <= prev->epoch || e->start_offset < prev->start_offset)))
+                        err = KS_ERR__CORRUPT;
+                else
+                        out->history[out->nhistory++] = (ks_epoch_entry_t){ e->epoch, e->start_offset };
+        }
+        if (!err && out->nhistory > 0 && out->history[out->nhistory - 1].epoch > out->leader_epoch)
+                out->leader_epoch = out->history[out->nhistory - 1].epoch;
+        if (err)
+                ks_log_error("partition_state_corrupt", "topic=%s partition=%d reason=\"epoch history out of order\"",
+                             ps->topic ? ps->topic : "", ps->partition);
+        kafscale__metadata__partition_state__free_unpacked(ps, NULL);
+        return err;
+}
+
 ks_err_t ks_meta_partition_load(ks_meta_t *m, const char *topic, int32_t partition, ks_partition_meta_t *out)
 {
         char prefix[320];
@@ -873,10 +904,13 @@ ks_err_t ks_meta_partition_load(ks_meta_t *m, const char *topic, int32_t partiti
         char next_key[320];
         int nlen = partition_key(next_key, sizeof(next_key), topic, partition, "/next_offset");
         const size_t seg_plen = (size_t)plen + sizeof("segments/") - 1;
+        /* The range starts at the PartitionState key itself (the prefix
+         * without its slash): ["…/{p}", "…/{p}0") holds it and "…/{p}/…". */
+        const size_t state_len = (size_t)plen - 1;
 
         memset(out, 0, sizeof(*out));
         ks_kv_result_t res;
-        ks_err_t err = ks_kv_range(m->kv, prefix, (size_t)plen, end, elen, &res);
+        ks_err_t err = ks_kv_range(m->kv, prefix, state_len, end, elen, &res);
         if (err)
                 return err;
         bool have_next = false;
@@ -887,6 +921,10 @@ ks_err_t ks_meta_partition_load(ks_meta_t *m, const char *topic, int32_t partiti
         }
         for (size_t i = 0; i < res.count && !err; i++) {
                 const ks_kv_pair_t *kv = &res.kvs[i];
+                if (kv->key_len == state_len && !memcmp(kv->key, prefix, state_len)) {
+                        err = partition_state_history(kv->value, kv->value_len, out);
+                        continue;
+                }
                 if (kv->key_len == (size_t)nlen && !memcmp(kv->key, next_key, (size_t)nlen)) {
                         if (parse_i64(kv->value, kv->value_len, &out->next_offset) != 0)
                                 err = KS_ERR__CORRUPT;
@@ -916,6 +954,10 @@ ks_err_t ks_meta_partition_load(ks_meta_t *m, const char *topic, int32_t partiti
         ks_kv_result_free(&res);
         if (!err && !have_next)
                 err = KS_ERR__NOT_FOUND;
+        if (!err && out->nhistory == 0) {
+                out->history[0] = (ks_epoch_entry_t){ out->leader_epoch, 0 };
+                out->nhistory = 1;
+        }
         if (err) {
                 if (err != KS_ERR__NOT_FOUND)
                         ks_log_error("partition_load_failed", "topic=%s partition=%d err=%s", topic, partition,

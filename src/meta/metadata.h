@@ -170,16 +170,33 @@ typedef struct ks_seg_meta {
         int32_t leader_epoch;         /* the epoch it was written at: part of its object keys */
 } ks_seg_meta_t;
 
+/* One entry of a partition's leader-epoch history: leader epoch `epoch`
+ * began at offset `start_offset` (PartitionState.epoch_history). */
+typedef struct ks_epoch_entry {
+        int32_t epoch;
+        int64_t start_offset;
+} ks_epoch_entry_t;
+
+#define KS_EPOCH_HISTORY_MAX 64 /* entries kept (the newest); the cluster module keeps no more */
+
 /* What a partition's owner recovers from the store. */
 typedef struct ks_partition_meta {
         int64_t next_offset;   /* committed end offset (high watermark) */
         ks_seg_meta_t *segs;   /* sorted by base offset; malloc'ed, caller frees */
         int nsegs;
+        /* From the PartitionState: the current leader epoch and the epoch
+         * history (epochs and start offsets ascending; the newest
+         * KS_EPOCH_HISTORY_MAX).  A partition without a PartitionState (its
+         * topic written by a tool that only knows the config record) was
+         * never owned: epoch 0 from offset 0. */
+        int32_t leader_epoch;
+        ks_epoch_entry_t history[KS_EPOCH_HISTORY_MAX];
+        int nhistory;
 } ks_partition_meta_t;
 
-/* Reads the committed end offset and the segment manifest of one partition
- * in one range read.  KS_ERR__NOT_FOUND if the partition has no next-offset
- * record.  BLOCKING. */
+/* Reads the committed end offset, the segment manifest and the leader-epoch
+ * history of one partition in one range read.  KS_ERR__NOT_FOUND if the
+ * partition has no next-offset record.  BLOCKING. */
 ks_err_t ks_meta_partition_load(ks_meta_t *meta, const char *topic, int32_t partition, ks_partition_meta_t *out);
 
 /* Gives a partition of an existing topic that has no next-offset record

@@ -449,11 +449,13 @@ def metadata_body(version, topics=None, allow_auto_create=False):
 
 def decode_metadata(r, version):
     """Returns {'brokers': [(node_id, host, port, rack)], 'cluster_id',
-    'controller_id', 'topics': {name: (error_code, [partition indexes])}}."""
+    'controller_id', 'topics': {name: (error_code, [partition indexes])},
+    'leaders': {name: {partition: (error_code, leader_id, leader_epoch)}}}
+    (leader_epoch -1 before v7)."""
     flexible = version >= 9
     s = r.compact_string if flexible else r.string
     alen = r.compact_array_len if flexible else r.array_len
-    out = {"brokers": [], "cluster_id": None, "controller_id": None, "topics": {}}
+    out = {"brokers": [], "cluster_id": None, "controller_id": None, "topics": {}, "leaders": {}}
     if version >= 3:
         r.int32()  # throttle
     for _ in range(alen() or 0):
@@ -473,12 +475,13 @@ def decode_metadata(r, version):
         if version >= 1:
             r.bool()  # is internal
         parts = []
+        leaders = {}
         for _ in range(alen() or 0):
-            r.int16()  # partition error
+            perr = r.int16()
             parts.append(r.int32())
-            r.int32()  # leader
-            if version >= 7:
-                r.int32()  # leader epoch
+            leader = r.int32()
+            epoch = r.int32() if version >= 7 else -1
+            leaders[parts[-1]] = (perr, leader, epoch)
             for _ in range(3 if version >= 5 else 2):  # replicas, isr, offline
                 for _ in range(alen() or 0):
                     r.int32()
@@ -489,6 +492,7 @@ def decode_metadata(r, version):
         if flexible:
             r.skip_tagged_fields()
         out["topics"][name] = (err, parts)
+        out["leaders"][name] = leaders
     if 8 <= version <= 10:
         r.int32()  # cluster authorized operations
     if flexible:
@@ -626,3 +630,13 @@ def decode_delete_topics(r, version):
         r.skip_tagged_fields()
     r.expect_end()
     return out
+
+
+def leader_epoch(conn, topic, partition=0):
+    """The partition's leader epoch as Metadata (v9) reports it: what the
+    broker stamps into the batches it stores (0 in embedded mode; the epoch
+    of the current owner in cluster mode)."""
+    md = decode_metadata(conn.request(METADATA, 9, metadata_body(9, [topic])), 9)
+    err, _leader, epoch = md["leaders"][topic][partition]
+    assert err == 0, (topic, partition, err)
+    return epoch

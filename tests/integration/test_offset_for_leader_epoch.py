@@ -9,16 +9,21 @@ flexible from v4, so v4 uses request header 2 and response header 1):
                  Partitions[ ErrorCode i16, Partition i32, [v1+ LeaderEpoch i32], EndOffset i64 ] ]
 
 Semantics checked (Apache Kafka's LeaderEpochFileCache.endOffsetFor and
-Partition.lastOffsetForLeaderEpoch / checkCurrentLeaderEpoch): every Kafscale
-partition has one leader epoch, 0, starting at offset 0, so
+Partition.lastOffsetForLeaderEpoch / checkCurrentLeaderEpoch): a new
+partition has one leader epoch E starting at offset 0 — E = 0 in embedded
+mode, E = 1 in cluster mode (its first owner bumped it) — read from
+Metadata, so
 
-    epoch 0 (the current one)  -> (0, log end offset = high watermark)
+    epoch E (the current one)  -> (E, log end offset = high watermark)
     epoch above the current    -> (-1, -1), no error
     epoch -1 (UNDEFINED)       -> (-1, -1), no error
     epoch below the first      -> (requested epoch, first epoch's start offset = 0)
-    CurrentLeaderEpoch -1      -> no check; > 0 -> UNKNOWN_LEADER_EPOCH (75);
-                                  < 0 other than -1 -> FENCED_LEADER_EPOCH (74)
+    CurrentLeaderEpoch -1      -> no check; > E -> UNKNOWN_LEADER_EPOCH (75);
+                                  < E -> FENCED_LEADER_EPOCH (74)
     unknown topic / partition  -> UNKNOWN_TOPIC_OR_PARTITION (3), (-1, -1)
+
+A restart in cluster mode is a change of owner: the history gains
+{E + 1, high watermark}, and both epochs are answered from it.
 
 Every response is compared byte for byte with the expected encoding, which
 pins the exact shape of each version.
@@ -173,6 +178,14 @@ def topic(conn):
     return name
 
 
+@pytest.fixture(scope="module")
+def E(conn, topic):
+    """The current leader epoch of both partitions of `topic`."""
+    e = kw.leader_epoch(conn, topic, 0)
+    assert kw.leader_epoch(conn, topic, 1) == e
+    return e
+
+
 # ---------------------------------------------------------------------------
 # Tests
 # ---------------------------------------------------------------------------
@@ -185,12 +198,12 @@ def test_api_versions_advertises_v0_to_v4(conn):
 
 
 @pytest.mark.parametrize("version", VERSIONS)
-def test_current_epoch_ends_at_high_watermark(conn, topic, version):
-    """Epoch 0 is the current epoch: its end offset is the log end offset,
+def test_current_epoch_ends_at_high_watermark(conn, topic, E, version):
+    """Epoch E is the current epoch: its end offset is the log end offset,
     which for Kafscale is the high watermark (10 after producing 10 records;
     0 for the empty partition)."""
-    check(conn, version, [(topic, [(0, -1, 0), (1, -1, 0)])],
-          [(topic, [(NONE, 0, (0, 10)), (NONE, 1, (0, 0))])])
+    check(conn, version, [(topic, [(0, -1, E), (1, -1, E)])],
+          [(topic, [(NONE, 0, (E, 10)), (NONE, 1, (E, 0))])])
 
 
 @pytest.mark.parametrize("version", VERSIONS)
@@ -198,19 +211,20 @@ def test_end_offset_follows_new_records(conn, version):
     """The answer for the current epoch moves with the high watermark."""
     name = "ofle-grow-v%d" % version
     pr.create_topic(conn, name, 1)
-    check(conn, version, [(name, [(0, -1, 0)])], [(name, [(NONE, 0, (0, 0))])])
+    e = kw.leader_epoch(conn, name)
+    check(conn, version, [(name, [(0, -1, e)])], [(name, [(NONE, 0, (e, 0))])])
     res = pr.produce(conn, 9, name, 0, pr.build_batch(pr.simple_records(7, b"g")))
     assert res["error_code"] == 0, res
     hwm = pr.latest_offset(conn, name, 0)
     assert hwm == 7
-    check(conn, version, [(name, [(0, -1, 0)])], [(name, [(NONE, 0, (0, hwm))])])
+    check(conn, version, [(name, [(0, -1, e)])], [(name, [(NONE, 0, (e, hwm))])])
 
 
 @pytest.mark.parametrize("version", VERSIONS)
-def test_epoch_above_latest_is_undefined(conn, topic, version):
+def test_epoch_above_latest_is_undefined(conn, topic, E, version):
     """An epoch larger than any the partition has seen: UNDEFINED_EPOCH and
     UNDEFINED_EPOCH_OFFSET with no error (Kafka's endOffsetFor)."""
-    check(conn, version, [(topic, [(0, -1, 5), (1, -1, 1), (0, -1, 2147483647)])],
+    check(conn, version, [(topic, [(0, -1, E + 5), (1, -1, E + 1), (0, -1, 2147483647)])],
           [(topic, [(NONE, 0, UNDEFINED), (NONE, 1, UNDEFINED), (NONE, 0, UNDEFINED)])])
 
 
@@ -221,22 +235,24 @@ def test_undefined_epoch_is_undefined(conn, topic, version):
 
 
 @pytest.mark.parametrize("version", [0, 1, 4])
-def test_epoch_below_first_gets_first_start_offset(conn, topic, version):
-    """An epoch below the first known one (only negative epochs here, the
-    first epoch being 0): Kafka's endOffsetFor answers the requested epoch
-    with the start offset of the first known epoch (0)."""
+def test_epoch_below_first_gets_first_start_offset(conn, topic, E, version):
+    """An epoch below the first known one (E - 1 when E > 0, and negative
+    epochs): Kafka's endOffsetFor answers the requested epoch with the start
+    offset of the first known epoch (0)."""
     check(conn, version, [(topic, [(0, -1, -5)])], [(topic, [(NONE, 0, (-5, 0))])])
+    if E > 0:
+        check(conn, version, [(topic, [(0, -1, E - 1)])], [(topic, [(NONE, 0, (E - 1, 0))])])
 
 
 @pytest.mark.parametrize("version", [2, 3, 4])
-def test_current_leader_epoch_fencing(conn, topic, version):
-    """CurrentLeaderEpoch (v2+): -1 skips the check, 0 matches, a larger one
+def test_current_leader_epoch_fencing(conn, topic, E, version):
+    """CurrentLeaderEpoch (v2+): -1 skips the check, E matches, a larger one
     is UNKNOWN_LEADER_EPOCH (the client knows a newer leader than we do), a
     smaller one FENCED_LEADER_EPOCH; a failed check leaves (-1, -1)."""
     check(conn, version,
-          [(topic, [(0, -1, 0), (0, 0, 0), (0, 3, 0), (1, 1, 0), (0, -2, 0), (1, 3, 5)])],
-          [(topic, [(NONE, 0, (0, 10)),
-                    (NONE, 0, (0, 10)),
+          [(topic, [(0, -1, E), (0, E, E), (0, E + 3, E), (1, E + 1, E), (0, -2, E), (1, E + 3, 5)])],
+          [(topic, [(NONE, 0, (E, 10)),
+                    (NONE, 0, (E, 10)),
                     (UNKNOWN_LEADER_EPOCH, 0, UNDEFINED),
                     (UNKNOWN_LEADER_EPOCH, 1, UNDEFINED),
                     (FENCED_LEADER_EPOCH, 0, UNDEFINED),
@@ -244,23 +260,23 @@ def test_current_leader_epoch_fencing(conn, topic, version):
 
 
 @pytest.mark.parametrize("version", [0, 1])
-def test_current_leader_epoch_absent_before_v2(conn, topic, version):
-    """v0/v1 carry no CurrentLeaderEpoch (the encoder drops the 3): no check."""
-    check(conn, version, [(topic, [(0, 3, 0)])], [(topic, [(NONE, 0, (0, 10))])])
+def test_current_leader_epoch_absent_before_v2(conn, topic, E, version):
+    """v0/v1 carry no CurrentLeaderEpoch (the encoder drops the E + 3): no check."""
+    check(conn, version, [(topic, [(0, E + 3, E)])], [(topic, [(NONE, 0, (E, 10))])])
 
 
 @pytest.mark.parametrize("version", VERSIONS)
-def test_unknown_topic_or_partition(conn, topic, version):
+def test_unknown_topic_or_partition(conn, topic, E, version):
     """Unknown topic and out-of-range partitions: UNKNOWN_TOPIC_OR_PARTITION
     with (-1, -1); other partitions of the same request are answered, in
     request order."""
     check(conn, version,
           [("no-such-topic", [(0, -1, 0), (3, -1, 0)]),
-           (topic, [(2, -1, 0), (0, -1, 0), (-1, -1, 0)])],
+           (topic, [(2, -1, 0), (0, -1, E), (-1, -1, 0)])],
           [("no-such-topic", [(UNKNOWN_TOPIC_OR_PARTITION, 0, UNDEFINED),
                               (UNKNOWN_TOPIC_OR_PARTITION, 3, UNDEFINED)]),
            (topic, [(UNKNOWN_TOPIC_OR_PARTITION, 2, UNDEFINED),
-                    (NONE, 0, (0, 10)),
+                    (NONE, 0, (E, 10)),
                     (UNKNOWN_TOPIC_OR_PARTITION, -1, UNDEFINED)])])
 
 
@@ -273,10 +289,10 @@ def test_unknown_partition_wins_over_epoch_check(conn, topic, version):
 
 @pytest.mark.parametrize("version", [3, 4])
 @pytest.mark.parametrize("replica_id", [-1, -2, 0, 1])
-def test_replica_id_consumer_debug_and_follower(conn, topic, version, replica_id):
+def test_replica_id_consumer_debug_and_follower(conn, topic, E, version, replica_id):
     """ReplicaId (v3+): -1 (consumer), -2 (debug) and a follower id are all
     answered alike."""
-    check(conn, version, [(topic, [(0, -1, 0)])], [(topic, [(NONE, 0, (0, 10))])],
+    check(conn, version, [(topic, [(0, -1, E)])], [(topic, [(NONE, 0, (E, 10))])],
           replica_id=replica_id)
 
 
@@ -291,26 +307,37 @@ def test_topic_with_no_partitions(conn, topic, version):
           [(topic, []), ("no-such-topic", [])])
 
 
-def test_many_partitions_one_request(conn, topic):
+def test_many_partitions_one_request(conn, topic, E):
     """A request naming many partitions (and duplicates) gets one answer per
     requested partition, in order."""
-    parts = [(i % 3, -1, 0) for i in range(300)]
-    expected = [(NONE, 0, (0, 10)) if i % 3 == 0 else
-                (NONE, 1, (0, 0)) if i % 3 == 1 else
+    parts = [(i % 3, -1, E) for i in range(300)]
+    expected = [(NONE, 0, (E, 10)) if i % 3 == 0 else
+                (NONE, 1, (E, 0)) if i % 3 == 1 else
                 (UNKNOWN_TOPIC_OR_PARTITION, 2, UNDEFINED) for i in range(300)]
     check(conn, 4, [(topic, parts)], [(topic, expected)])
 
 
 def test_answer_survives_restart(broker):
-    """After a restart the end offset of epoch 0 is the recovered high
-    watermark."""
+    """After a restart the end offset of the epoch before it is the recovered
+    high watermark.  In cluster mode the restart began a new epoch E1 at
+    offset 4: both epochs are answered from the stored history, and records
+    written afterwards extend only the new one."""
     with kw.Conn(broker.host, broker.port, timeout=10.0) as c:
         pr.create_topic(c, "ofle-restart", 1)
+        e0 = kw.leader_epoch(c, "ofle-restart")
         res = pr.produce(c, 9, "ofle-restart", 0, pr.build_batch(pr.simple_records(4, b"r")))
         assert res["error_code"] == 0, res
     broker.restart()
     with kw.Conn(broker.host, broker.port, timeout=10.0) as c:
         pr.wait_until(lambda: pr.list_offsets(c, 1, "ofle-restart", [(0, -1)])[0]["error_code"] == 0,
                       "topic to be served after restart")
+        e1 = kw.leader_epoch(c, "ofle-restart")
+        assert e1 >= e0
         for v in VERSIONS:
-            check(c, v, [("ofle-restart", [(0, -1, 0)])], [("ofle-restart", [(NONE, 0, (0, 4))])])
+            check(c, v, [("ofle-restart", [(0, -1, e0)])], [("ofle-restart", [(NONE, 0, (e0, 4))])])
+        if e1 > e0:
+            res = pr.produce(c, 9, "ofle-restart", 0, pr.build_batch(pr.simple_records(3, b"s")))
+            assert res["error_code"] == 0, res
+            for v in VERSIONS:
+                check(c, v, [("ofle-restart", [(0, -1, e0), (0, -1, e1)])],
+                      [("ofle-restart", [(NONE, 0, (e0, 4)), (NONE, 0, (e1, 7))])])

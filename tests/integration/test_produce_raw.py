@@ -551,7 +551,8 @@ def test_produce_v3_v9_then_fetch_exact_bytes(conn):
     assert pb["log_start_offset"] == 0, pb
     assert pb["error_message"] is None, pb
 
-    expected = patched(a, 0) + patched(b, 3)
+    ep = kw.leader_epoch(conn, "raw-exact")
+    expected = patched(a, 0, ep) + patched(b, 3, ep)
     for version, key in ((4, "raw-exact"), (12, "raw-exact"), (13, tid)):
         data, p = fetch_all(conn, version, key, 0, 0)
         assert p["error_code"] == 0, (version, p)
@@ -572,7 +573,7 @@ def test_produce_v3_v9_then_fetch_exact_bytes(conn):
         # From the second batch's base, and from inside it: the whole second batch.
         for off in (3, 5):
             p = fetch_one(conn, version, key, 0, off)
-            assert p["error_code"] == 0 and p["records"] == patched(b, 3), (version, off, p)
+            assert p["error_code"] == 0 and p["records"] == patched(b, 3, ep), (version, off, p)
         # At the high watermark: no records, no error.
         p = fetch_one(conn, version, key, 0, 7)
         assert p["error_code"] == 0 and not p["records"] and p["high_watermark"] == 7, p
@@ -587,7 +588,7 @@ def test_produce_every_version_assigns_consecutive_offsets(conn):
         p = produce(conn, version, "raw-versions", 0, batch, acks=-1)
         assert p["error_code"] == 0, (version, p)
         assert p["base_offset"] == next_off, (version, p)
-        expected += patched(batch, next_off)
+        expected += patched(batch, next_off, kw.leader_epoch(conn, "raw-versions"))
         next_off += version
     assert latest_offset(conn, "raw-versions", 0) == next_off
     data, p = fetch_all(conn, 11, "raw-versions", 0, 0)
@@ -611,7 +612,7 @@ def test_produce_acks0_is_flushed(conn):
     batch = build_batch(simple_records(4, b"z"))
     assert produce(conn, 9, "raw-acks0", 0, batch, acks=0) is None
     wait_until(lambda: latest_offset(conn, "raw-acks0", 0) == 4, "acks=0 records to be committed")
-    assert fetch_one(conn, 12, "raw-acks0", 0, 0)["records"] == patched(batch, 0)
+    assert fetch_one(conn, 12, "raw-acks0", 0, 0)["records"] == patched(batch, 0, kw.leader_epoch(conn, "raw-acks0"))
 
 
 # ---------------------------------------------------------------------------
@@ -634,7 +635,7 @@ def _with_prefix(conn, topic):
     first = build_batch(simple_records(2, b"first"))
     r = produce(conn, 9, topic, 0, first, acks=1)
     assert r["error_code"] == 0 and r["base_offset"] == 0
-    return patched(first, 0)
+    return patched(first, 0, kw.leader_epoch(conn, topic))
 
 
 @pytest.mark.parametrize("version", [3, 9])
@@ -790,7 +791,7 @@ def test_fetch_long_poll_wakes_on_produce(broker, conn):
         elapsed = time.monotonic() - t0
         assert got == corr
         p = decode_fetch(rd, 12)["parts"][("raw-wake", 0)]
-        assert p["records"] == patched(batch, 0)
+        assert p["records"] == patched(batch, 0, kw.leader_epoch(conn, "raw-wake"))
         assert elapsed < 1.0, "parked fetch answered %.3f s after the produce" % elapsed
 
 
@@ -803,7 +804,7 @@ def test_fetch_min_bytes_waits_for_max_wait_then_returns_data(conn):
     t0 = time.monotonic()
     p = fetch_one(conn, 12, "raw-minb", 0, 0, max_wait_ms=400, min_bytes=1 << 20)
     elapsed = time.monotonic() - t0
-    assert p["error_code"] == 0 and p["records"] == patched(batch, 0), p
+    assert p["error_code"] == 0 and p["records"] == patched(batch, 0, kw.leader_epoch(conn, "raw-minb")), p
     assert 0.35 <= elapsed <= 2.0, "MinBytes not reached: answered after %.3f s, want ~0.4 s" % elapsed
 
 
@@ -823,7 +824,7 @@ def test_fetch_idle_partition_does_not_delay_ready_one(broker, conn):
         elapsed = time.monotonic() - t0
         assert got == corr
         res = decode_fetch(rd, 12)
-        assert res["parts"][("raw-two-wait", 1)]["records"] == patched(batch, 0)
+        assert res["parts"][("raw-two-wait", 1)]["records"] == patched(batch, 0, kw.leader_epoch(conn, "raw-two-wait", 1))
         assert not res["parts"][("raw-two-wait", 0)]["records"]
         assert elapsed < 1.0, "parked fetch answered %.3f s after the produce" % elapsed
 
@@ -864,8 +865,9 @@ def test_fetch_max_bytes_returns_whole_first_batch(conn):
     assert produce(conn, 9, "raw-maxb", 1, small, acks=1)["base_offset"] == 0
 
     # With room for both, one response carries both batches (one segment).
+    ep0, ep1 = kw.leader_epoch(conn, "raw-maxb", 0), kw.leader_epoch(conn, "raw-maxb", 1)
     res = fetch(conn, 12, [("raw-maxb", 0, 0, 1 << 20)], max_bytes=1 << 20)
-    assert res["parts"][("raw-maxb", 0)]["records"] == patched(big1, 0) + patched(big2, 5), \
+    assert res["parts"][("raw-maxb", 0)]["records"] == patched(big1, 0, ep0) + patched(big2, 5, ep0), \
         "setup: the two batches did not land in one segment"
 
     for version in (4, 11, 12):
@@ -873,7 +875,7 @@ def test_fetch_max_bytes_returns_whole_first_batch(conn):
         res = fetch(conn, version, [("raw-maxb", 0, 0, 1 << 20), ("raw-maxb", 1, 0, 1 << 20)],
                     max_bytes=100)
         p0, p1 = res["parts"][("raw-maxb", 0)], res["parts"][("raw-maxb", 1)]
-        assert p0["error_code"] == 0 and p0["records"] == patched(big1, 0), \
+        assert p0["error_code"] == 0 and p0["records"] == patched(big1, 0, ep0), \
             "v%d: got %d bytes, want exactly the first batch (%d bytes)" % (
                 version, len(p0["records"] or b""), len(big1))
         assert p1["error_code"] == 0 and not p1["records"], \
@@ -882,14 +884,14 @@ def test_fetch_max_bytes_returns_whole_first_batch(conn):
 
         # Request MaxBytes between the first batch and both: the first only.
         res = fetch(conn, version, [("raw-maxb", 0, 0, 1 << 20)], max_bytes=len(big1) + 100)
-        assert res["parts"][("raw-maxb", 0)]["records"] == patched(big1, 0)
+        assert res["parts"][("raw-maxb", 0)]["records"] == patched(big1, 0, ep0)
 
         # Partition max bytes below the first batch: that whole batch, not
         # the next; the other partition is still served.
         res = fetch(conn, version, [("raw-maxb", 0, 0, 50), ("raw-maxb", 1, 0, 1 << 20)])
         p0, p1 = res["parts"][("raw-maxb", 0)], res["parts"][("raw-maxb", 1)]
-        assert p0["records"] == patched(big1, 0)
-        assert p1["records"] == patched(small, 0)
+        assert p0["records"] == patched(big1, 0, ep0)
+        assert p1["records"] == patched(small, 0, ep1)
 
 
 def test_fetch_unknown_topic_and_topic_id(conn):
@@ -943,7 +945,7 @@ def test_list_offsets_v0_v1_v7(conn):
     # offset of its batch (4, ts 3000).
     res = list_offsets(conn, 7, "raw-lo", [(0, -3)])[0]
     assert res["error_code"] == 0, res
-    assert res["leader_epoch"] in (0, -1)
+    assert res["leader_epoch"] == kw.leader_epoch(conn, "raw-lo"), res  # the epoch that wrote it
     assert (res["offset"], res["timestamp"]) == (3, 5000), res
 
 
