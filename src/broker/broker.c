@@ -4,12 +4,16 @@
  * Start: metrics and the HTTP endpoint (KAFSCALE_METRICS_ADDR: /healthz
  * answers from here on, /readyz says "not ready" until start-up is done) ->
  * metadata store -> typed metadata (cluster id, topics) -> object store ->
- * partition logs (recovery) -> groups -> worker pool -> network server ->
- * readiness probe thread; only then is the broker ready.  Stop runs the
- * reverse: readiness drops at once and the probe thread ends, the worker
- * pool drains queued blocking work (whose completions the still-running
- * I/O loops deliver), then the server closes every connection, then the
- * metadata layers close; the HTTP endpoint goes last.
+ * partition logs (recovery) -> groups -> worker pool -> cluster mode: the
+ * cluster module (registration, then the first ownership pass: the
+ * partitions placed here serve before clients can connect) -> network
+ * server -> readiness probe thread; only then is the broker ready.  Stop
+ * runs the reverse: cluster mode first leaves the cluster (every owned
+ * partition flushed, committed and handed over; the lease revoked, so the
+ * others take over at once), readiness drops and the probe thread ends,
+ * the worker pool drains queued blocking work (whose completions the
+ * still-running I/O loops deliver), then the server closes every
+ * connection, then the metadata layers close; the HTTP endpoint goes last.
  *
  * Readiness (/readyz) never touches the stores from the HTTP thread: a
  * probe thread (`ks-ready`) checks the object store (ks_objstore_check) and
@@ -504,7 +508,8 @@ void ks_broker_write_snapshot(ks_broker_t *b)
         }
         for (int i = 0; i < n; i++)
                 sb[i] = (ks_snapshot_broker_t){ live[i].id, live[i].host, live[i].port, live[i].rack };
-        ks_err_t err = ks_meta_snapshot_write(b->meta, sb, n, b->cfg->broker_id, snapshot_leader, b);
+        /* The controller as Metadata names it: the lowest live id. */
+        ks_err_t err = ks_meta_snapshot_write(b->meta, sb, n, live[0].id, snapshot_leader, b);
         free(sb);
         free(live);
         if (err)

@@ -118,11 +118,13 @@ static void metadata_respond(ks_broker_t *b, ks_req_t *req)
                 brokers[i].Port = live[i].port;
                 brokers[i].Rack = live[i].rack[0] ? ks_arena_str(&req->arena, "%s", live[i].rack) : KS_STR_NULL;
         }
+        /* Any broker executes admin requests; every broker names the same
+         * one (the lowest live id) so clients agree on a "controller". */
+        resp->ControllerId = nlive > 0 ? live[0].id : cfg->broker_id;
         free(live);
         resp->Brokers.items = brokers;
         resp->Brokers.count = nlive;
         resp->ClusterId = ks_str_c(ks_meta_cluster_id(b->meta));
-        resp->ControllerId = cfg->broker_id;
         if (rq->IncludeClusterAuthorizedOperations)
                 resp->ClusterAuthorizedOperations = CLUSTER_OPS;
         bool ops = rq->IncludeTopicAuthorizedOperations;
@@ -262,11 +264,11 @@ void ks_handle_describe_cluster(ks_broker_t *b, ks_req_t *req)
                 br[i].Port = live[i].port;
                 br[i].Rack = live[i].rack[0] ? ks_arena_str(&req->arena, "%s", live[i].rack) : KS_STR_NULL;
         }
+        resp->ControllerId = nlive > 0 ? live[0].id : cfg->broker_id; /* as Metadata */
         free(live);
         resp->Brokers.items = br;
         resp->Brokers.count = nlive;
         resp->ClusterId = ks_str_c(ks_meta_cluster_id(b->meta));
-        resp->ControllerId = cfg->broker_id;
         if (rq->IncludeClusterAuthorizedOperations)
                 resp->ClusterAuthorizedOperations = CLUSTER_OPS;
         ks_req_respond(req, resp);

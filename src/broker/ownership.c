@@ -74,15 +74,22 @@ static void sleep_ms(int ms)
         nanosleep(&ts, NULL);
 }
 
-/* The log's partition, opening its topic first if need be; NULL if the
- * registry does not have it (yet).  own_mu held. */
+/* The log's partition of the registry's incarnation of `topic`, syncing
+ * the topic first if the log lags (not open, fewer partitions, or an
+ * earlier incarnation of a re-created topic); NULL if the registry does not
+ * have it (yet).  own_mu held. */
 static ks_partition_t *open_partition(ks_broker_t *b, const char *topic, int32_t partition)
 {
         ks_str_t t = { topic, (int32_t)strlen(topic) };
-        ks_partition_t *p = ks_log_partition(b->log, t, partition);
-        if (!p && ks_topic_sync_one(b->topics, topic) == 0)
-                p = ks_log_partition(b->log, t, partition);
-        return p;
+        ks_topic_t want;
+        ks_uuid_t have_id;
+        int32_t have_parts = 0;
+        if (!ks_meta_topic_get(b->meta, t, &want) || partition >= want.partitions)
+                return NULL;
+        if (!ks_log_topic_info(b->log, topic, &have_id, &have_parts) || !ks_uuid_eq(&have_id, &want.id) ||
+            partition >= have_parts)
+                ks_topic_sync_one(b->topics, topic);
+        return ks_log_partition(b->log, t, partition);
 }
 
 /* Makes the log serve (topic, partition) at `epoch`, unless it already

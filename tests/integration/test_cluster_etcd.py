@@ -9,9 +9,9 @@ both started here by the harness (harness.py) whatever KAFSCALE_TEST_MODE is.
   b. the broker is stateless: restarted with a new, empty data dir on the
      same etcd + bucket it serves everything it acknowledged;
   c. changes made through another broker, or written straight into etcd,
-     are seen without a restart (metadata views only: multi-broker partition
-     ownership is not implemented yet; a topic written into etcd is then
-     also produced to and fetched from, with one broker left);
+     are seen without a restart (metadata views; a topic written into etcd
+     is then also produced to and fetched from, with one broker left, which
+     then owns every partition; failover is test_cluster_failover.py's);
   d. etcd down for 10 s under an acks=all load: no crash, no fatal client
      error, the load continues afterwards, nothing acknowledged is lost;
   e. a 3-node etcd whose leader is killed (kill -9) under produce + consume:
@@ -447,12 +447,13 @@ def test_metadata_keys_in_etcd_and_objects_in_s3(etcd, s3, namespace, brokers):
     assert [(x["Partition"], x["Leader"], x["Replicas"]) for x in st[0]["Partitions"]] == \
         [(p, 0, [0]) for p in range(3)], st[0]["Partitions"]
 
-    # The objects: {namespace}/{topic}/{partition}/segment-{base:020d}.kfs and
-    # .index, listed with the AWS CLI (botocore where Debian's awscli is not
-    # installed), covering each partition from offset 0.
+    # The objects: {namespace}/{topic}/{partition}/segment-{base:020d}-e{epoch}.kfs
+    # and .index (the writer's leader epoch: 1 for a first owner), listed with
+    # the AWS CLI (botocore where Debian's awscli is not installed), covering
+    # each partition from offset 0.
     keys = s3.aws_keys(namespace + "/") if os.access(harness.AWS_CLI, os.X_OK) else s3.keys(namespace + "/")
     assert keys, "no objects under %s/ in the bucket" % namespace
-    seg = re.compile(r"^%s/%s/(\d+)/segment-(\d{20})\.(kfs|index)$" % (re.escape(namespace), topic))
+    seg = re.compile(r"^%s/%s/(\d+)/segment-(\d{20})-e([1-9]\d*)\.(kfs|index)$" % (re.escape(namespace), topic))
     bad = [k for k in keys if not seg.match(k)]
     assert not bad, "objects outside the documented key scheme: %r" % bad[:5]
     for p in range(3):
@@ -534,7 +535,7 @@ def test_second_broker_and_direct_etcd_writes_are_seen(etcd, s3, namespace, brok
 
     with conn(b1) as c1, conn(b2) as c2:
         assert topic_view(b2, topic)[0] == kw.UNKNOWN_TOPIC_OR_PARTITION
-        raw.create_topic(c1, topic, 2)
+        raw.create_topic(c1, topic, 2, wait_servable=False)  # the two brokers share its partitions
         lag_create = seen_on_b2(lambda: topic_view(b2, topic) == (0, 2), "the created topic (2 partitions)")
 
         assert oc.create_partitions(c1, 1, [(topic, 5, None)]) == [(topic, 0, None)]
@@ -580,7 +581,7 @@ def test_second_broker_and_direct_etcd_writes_are_seen(etcd, s3, namespace, brok
         r = raw.produce(c1, 9, ext, 3, batch, acks=-1)
         assert r["error_code"] == 0 and r["base_offset"] == 0, r
         data, last = raw.fetch_all(c1, 12, ext, 3, 0)
-        assert data == raw.patched(batch, 0) and last["high_watermark"] == 5
+        assert data == raw.patched(batch, 0, kw.leader_epoch(c1, ext, 3)) and last["high_watermark"] == 5
     lag_serve = time.monotonic() - t0
     assert etcd.get("/kafscale/topics/%s/partitions/3/next_offset" % ext) == b"5"
     print("views on broker 2 after: create %.2f s, grow %.2f s, alter %.2f s, delete %.2f s; "

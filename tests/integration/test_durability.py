@@ -33,7 +33,9 @@ import test_produce_raw as raw
 
 CLIENT_TIMEOUT_S = 15
 CONDITION_TIMEOUT_S = 20
-SEGMENT_NAME = re.compile(r"^segment-(\d{20})\.(kfs|index)$")
+# segment-{base:020d}[-e{leader epoch}].kfs|.index (the epoch suffix when the
+# writer's leader epoch is > 0: cluster mode).
+SEGMENT_NAME = re.compile(r"^segment-(\d{20})(?:-e(\d+))?\.(kfs|index)$")
 
 
 def wait_until(cond, what, timeout=CONDITION_TIMEOUT_S, interval=0.05):
@@ -152,21 +154,43 @@ def partition_prefix(topic, partition):
 def read_partition_objects(broker, topic, partition):
     """All segments of a partition, verified, in offset order, with the
     checks across segments: names match headers, every .kfs has its .index,
-    segments are contiguous from offset 0. Returns (segments, next offset)."""
+    segments are contiguous from offset 0. Returns (segments, next offset).
+
+    Keys carrying a leader epoch (cluster mode) may leave orphans: a broker
+    that uploaded a segment and died (or was fenced) before committing it.
+    Its successor writes the same base at a higher epoch, so per base the
+    highest epoch is the committed one; an orphan past the committed end
+    (nobody has written that base since) is ignored, found by asking the
+    broker for the high watermark."""
     store = broker.objects
     prefix = partition_prefix(topic, partition)
     d = store.describe(prefix)
-    kfs, idx = {}, {}
+    kfs, idx, epochs = {}, {}, {}
+    orphans = 0
     for key in store.keys(prefix):
         n = key[len(prefix):]
         m = SEGMENT_NAME.match(n)
         assert m, "%s: unexpected object %s" % (d, n)
-        (kfs if m.group(2) == "kfs" else idx)[int(m.group(1))] = key
+        base, epoch = int(m.group(1)), int(m.group(2) or 0)
+        kind = kfs if m.group(3) == "kfs" else idx
+        if base in kind:
+            assert m.group(2) is not None, "%s: two objects for base %d" % (d, base)
+            orphans += 1
+            if epochs[(kind is kfs, base)] > epoch:
+                continue
+        kind[base] = key
+        epochs[(kind is kfs, base)] = epoch
+    if orphans or any(SEGMENT_NAME.match(k[len(prefix):]).group(2) for k in kfs.values()):
+        _, hwm = watermarks(broker, topic, partition)
+        for base in [b for b in kfs if b >= hwm]:
+            del kfs[base]
+            idx.pop(base, None)
     assert set(kfs) == set(idx), "%s: .kfs bases %s, .index bases %s" % (d, sorted(kfs), sorted(idx))
     segs = []
     expect = 0
     for base in sorted(kfs):
         seg = read_segment(store.get(kfs[base]), store.describe(kfs[base]))
+        seg["key"], seg["index_key"] = kfs[base], idx[base]
         assert seg["base_offset"] == base, "%s: header base %d" % (kfs[base], seg["base_offset"])
         assert base == expect, "%s: segment starts at %d, previous ended at %d" % (d, base, expect - 1)
         check_index_against_segment(read_index(store.get(idx[base]), store.describe(idx[base])), seg,
@@ -474,8 +498,7 @@ def test_segment_objects_format(broker):
         assert len(segs[3]["batches"]) > 1, "setup: pipelined batches in separate segments"
         for s in segs:
             assert t_start - 60000 <= s["created_ms"] <= int(time.time() * 1000) + 60000, s["created_ms"]
-            idx = read_index(broker.objects.get(partition_prefix(topic, p) +
-                                                ("segment-%020d.index" % s["base_offset"])))
+            idx = read_index(broker.objects.get(s["index_key"]))
             multi_entry_index |= len(idx["entries"]) > 1
         # The body holds exactly what was produced.
         stored = [r for s in segs for b in s["batches"] for r in raw.decode_records(b)]
@@ -546,12 +569,12 @@ def test_corrupt_segment_is_not_served(broker, damage, cache_bytes):
                 b = raw.build_batch(raw.simple_records(10, b"p%d-%d" % (p, i)))
                 r = raw.produce(c, 9, topic, p, b, acks=1)
                 assert r["error_code"] == 0 and r["base_offset"] == 10 * i
-                batches[p].append(raw.patched(b, 10 * i))
+                batches[p].append(raw.patched(b, 10 * i, kw.leader_epoch(c, topic, p)))
     segs, _ = read_partition_objects(broker, topic, 0)
     assert [s["base_offset"] for s in segs] == [0, 10, 20]
 
     broker.stop()
-    victim = partition_prefix(topic, 0) + "segment-00000000000000000000.kfs"
+    victim = segs[0]["key"]
     damaged = damage(broker.objects.get(victim))
     broker.objects.put(victim, damaged)
     assert broker.objects.get(victim) == damaged
@@ -577,7 +600,7 @@ def test_corrupt_segment_is_not_served(broker, damage, cache_bytes):
         log = broker.log_text()[log_before:]
         corrupt_lines = [l for l in log.splitlines() if "event=segment_corrupt" in l]
         assert corrupt_lines, "no event=segment_corrupt in the broker log"
-        assert any("segment-00000000000000000000.kfs" in l for l in corrupt_lines), corrupt_lines
+        assert any(victim.rsplit("/", 1)[-1] in l for l in corrupt_lines), corrupt_lines
         # Asked again: still an error (nothing cached from the bad object).
         res = raw.fetch(c, 12, [(topic, 0, 5, 1 << 20)], timeout=5.0, max_wait_ms=0)
         assert res["parts"][(topic, 0)]["error_code"] != 0 and not res["parts"][(topic, 0)]["records"]
@@ -696,10 +719,11 @@ def test_topic_deletion_removes_data(broker):
         fresh = raw.build_batch(raw.simple_records(2, b"new"))
         r = raw.produce(c, 9, topic, 0, fresh, acks=1)
         assert r["error_code"] == 0 and r["base_offset"] == 0, r
+        epoch = kw.leader_epoch(c, topic, 0)  # the epoch that wrote it
     broker.restart()
     with conn(broker) as c:
         data, last = raw.fetch_all(c, 12, topic, 0, 0)
-        assert data == raw.patched(fresh, 0) and last["high_watermark"] == 2
+        assert data == raw.patched(fresh, 0, epoch) and last["high_watermark"] == 2
         data, last = raw.fetch_all(c, 12, topic, 1, 0)
         assert data == b"" and last["high_watermark"] == 0
         assert metadata_topic_ids(c, [topic])[topic] == (0, new_id)

@@ -598,7 +598,7 @@ def produce_and_read_back(conn, topic, partitions, n=3):
         res = raw.produce(conn, 9, topic, p, batch)
         assert res["error_code"] == 0 and res["base_offset"] == 0, res
         data, _ = raw.fetch_all(conn, 12, topic, p, 0)
-        assert data == raw.patched(batch, 0)
+        assert data == raw.patched(batch, 0, kw.leader_epoch(conn, topic, p))
         out[p] = data
     return out
 

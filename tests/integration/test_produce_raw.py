@@ -492,17 +492,19 @@ def latest_offset(conn, topic, partition):
     return r["offset"]
 
 
-def create_topic(conn, name, partitions=1):
+def create_topic(conn, name, partitions=1, wait_servable=True):
     """CreateTopics v7; returns the topic id. Waits until the partitions answer
-    ListOffsets (the log is open)."""
+    ListOffsets on this connection's broker (the log is open and, in cluster
+    mode, owned by it: with several brokers pass wait_servable=False)."""
     res = kw.decode_create_topics(
         conn.request(kw.CREATE_TOPICS, 7, kw.create_topics_body(7, [(name, partitions, 1, {})])), 7)
     assert res[name]["error_code"] == 0, res
     tid = res[name]["topic_id"]
     assert tid != bytes(16)
-    wait_until(lambda: all(r["error_code"] == 0 for r in
-                           list_offsets(conn, 1, name, [(p, -1) for p in range(partitions)])),
-               "topic %s to be servable" % name)
+    if wait_servable:
+        wait_until(lambda: all(r["error_code"] == 0 for r in
+                               list_offsets(conn, 1, name, [(p, -1) for p in range(partitions)])),
+                   "topic %s to be servable" % name)
     return tid
 
 
