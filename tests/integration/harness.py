@@ -9,6 +9,10 @@ loopback ports in temporary directories:
   S3Objects            or S3 bucket + namespace) for tests that read objects
   ClusterBackend       the session's shared etcd + s3rver of cluster mode
                        (KAFSCALE_TEST_MODE=cluster, see conftest.py)
+  BrokerCluster /      N brokers (ids 0..N-1) on one etcd and one S3 namespace,
+  ClusterBroker        each killed, stopped (SIGSTOP) or restarted with its id
+                       by the test; place() is the documented partition
+                       placement, computed independently
   protoc_decode /      the protobuf compiler (Debian's protobuf-compiler) as an
   protoc_encode        independent reader/writer of the metadata records
 
