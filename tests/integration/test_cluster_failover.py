@@ -686,14 +686,15 @@ def check_log(logs, acked, sent=None, partitions=None, known=(), order="batch"):
         sequence order along the whole partition.
     Unacknowledged copies of values (a retry of a batch whose first attempt
     was committed but not answered) are allowed, as Kafka without
-    idempotence allows them; they are counted. So are acknowledged records
-    that follow a later record of the same producer (a retried batch
-    written after a newer one, order="batch"): librdkafka 2.0.2 without
-    idempotence sends such batches around a leader change even with one
-    request in flight (seen here: a batch created 7 s earlier written after
-    newer batches of the same producer once the partition's new leader was
-    known), so the order across batches is the client's, not the broker's.
-    Returns stats."""
+    idempotence allows them, and counted — but only before the acknowledged
+    copy: nothing is written again after its acknowledgement. Counted too
+    are acknowledged records that follow a later record of the same
+    producer (a retried batch written after a newer one, order="batch"):
+    librdkafka 2.0.2 without idempotence sends such batches around a leader
+    change even with one request in flight (seen here: a batch created 7 s
+    earlier written after newer batches of the same producer once the
+    partition's new leader was known), so the order across batches is the
+    client's, not the broker's. Returns stats."""
     problems = []
     dup_values = reordered = 0
     by_value = collections.Counter(acked.values())
@@ -749,6 +750,11 @@ def check_log(logs, acked, sent=None, partitions=None, known=(), order="batch"):
             elif r.value not in known:
                 problems.append("partition %d offset %d: %r is no value this test produced" % (p, r.offset, r.value))
         dup_values += sum(n - 1 for n in seen.values() if n > 1)
+        acked_at = {v: o for (pp, o), v in acked.items() if pp == p}
+        for r in recs:
+            if seen[r.value] > 1 and r.value in acked_at and r.offset > acked_at[r.value]:
+                problems.append("partition %d offset %d: a copy of %r, acknowledged at %d before"
+                                % (p, r.offset, r.value, acked_at[r.value]))
     assert not problems, "%d problems:\n  %s" % (len(problems), "\n  ".join(problems[:30]))
     return {"records": sum(len(r) for r, _ in logs.values()), "acked": len(acked), "duplicates": dup_values,
             "reordered": reordered}
