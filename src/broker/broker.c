@@ -8,11 +8,12 @@
  * cluster module (registration, then the first ownership pass: the
  * partitions placed here serve before clients can connect) -> network
  * server -> readiness probe thread; only then is the broker ready.  Stop
- * runs the reverse: cluster mode first leaves the cluster (every owned
- * partition flushed, committed and handed over; the lease revoked, so the
- * others take over at once), readiness drops and the probe thread ends,
- * the worker pool drains queued blocking work (whose completions the
- * still-running I/O loops deliver), then the server closes every
+ * runs the reverse: new requests are refused, handlers running on the
+ * I/O loops finish and the worker pool drains queued blocking work (whose
+ * completions the still-running I/O loops deliver); cluster mode then
+ * leaves the cluster (every owned partition flushed, committed and handed
+ * over; the lease revoked, so the others take over at once); readiness
+ * drops and the probe thread ends, then the server closes every
  * connection, then the metadata layers close; the HTTP endpoint goes last.
  *
  * Readiness (/readyz) never touches the stores from the HTTP thread: a
@@ -568,19 +569,27 @@ fail:
 void ks_broker_stop(ks_broker_t *b)
 {
         __atomic_store_n(&b->stopping, 1, __ATOMIC_RELAXED);
-        /* Leave the cluster first: every owned partition is flushed,
-         * committed and handed over (the I/O loops still deliver the
-         * acknowledgements), then the others stop listing this broker. */
+        /* New requests are refused from here on.  Handlers that use the
+         * cluster module finish before it goes: those running on the I/O
+         * loops (the barrier), then the blocking work queued on the worker
+         * pool (drained; its completions are delivered by the
+         * still-running loops). */
+        if (b->server)
+                ks_server_barrier(b->server);
+        if (b->workq) {
+                ks_workq_destroy(b->workq);
+                b->workq = NULL;
+        }
+        /* Leave the cluster: every owned partition is flushed, committed
+         * and handed over (the I/O loops still deliver the
+         * acknowledgements), every owned group written and handed over,
+         * then the others stop listing this broker. */
         ks_broker_ownership_close(b);
         ks_cluster_stop(b->cluster);
         __atomic_store_n(&b->cluster, NULL, __ATOMIC_RELEASE);
         /* /readyz answers 503 from here on; the probe stops using the
          * stores before they close. */
         ops_stop_probe();
-        if (b->workq) {
-                ks_workq_destroy(b->workq);
-                b->workq = NULL;
-        }
         /* Parked joins and syncs are answered; group metadata is written. */
         if (b->groups) {
                 ks_groups_close(b->groups);

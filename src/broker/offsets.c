@@ -6,6 +6,13 @@
  * The group coordinator (group/group.h) decides whether a member may
  * commit; committed offsets themselves live only in the store.
  *
+ * Cluster mode (group_route.h): only the group's coordinator answers —
+ * any other broker gives NOT_COORDINATOR, for every partition left after
+ * step 1 of OffsetCommit, and like INVALID_GROUP_ID below for OffsetFetch
+ * (per partition before v2, top-level in v2-v7, per group in v8+) — and
+ * every commit is fenced with the group's lease: a refused fence is
+ * NOT_COORDINATOR too.
+ *
  * Kafka's rules, in the order Kafka applies them (KafkaApis.scala
  * handleOffsetCommitRequest, then the group coordinator):
  *   OffsetCommit
@@ -36,6 +43,7 @@
 #include <string.h>
 
 #include "broker/broker.h"
+#include "broker/group_route.h"
 #include "group/group.h"
 #include "meta/offsets.h"
 #include "protocol/gen/kafka_msgs.h"
@@ -115,7 +123,7 @@ static void offset_commit_work(ks_broker_t *b, ks_req_t *req)
                         group_err = KS_ERR_INVALID_GROUP_ID;
                 } else if (!b->groups) {
                         group_err = KS_ERR_COORDINATOR_NOT_AVAILABLE;
-                } else {
+                } else if ((group_err = ks_group_route_blocking(b, rq->GroupId)) == 0) {
                         group_cstr(rq->GroupId, group);
                         group_err = ks_err_to_wire(ks_groups_check_commit(b->groups, rq->GroupId, rq->MemberId,
                                                                           rq->GroupInstanceId,
@@ -151,12 +159,15 @@ static void offset_commit_work(ks_broker_t *b, ks_req_t *req)
                 written[nitems++] = pd;
         }
         if (nitems > 0) {
-                ks_err_t err = ks_offsets_commit(b->kv, group, items, nitems);
-                if (err) {
-                        int16_t w = ks_err_to_wire(err);
-                        for (int k = 0; k < nitems; k++)
-                                written[k]->rs->ErrorCode = w;
+                ks_group_fence_t fence;
+                int16_t w = ks_group_fence(b, group, &fence);
+                if (!w) {
+                        ks_err_t err = ks_offsets_commit(b->kv, group, items, nitems, fence.use);
+                        w = ks_group_write_fenced(b, group, &fence, err) ? KS_ERR_NOT_COORDINATOR
+                                                                          : ks_err_to_wire(err);
                 }
+                for (int k = 0; w && k < nitems; k++)
+                        written[k]->rs->ErrorCode = w;
         }
         resp->Topics.items = trs;
         resp->Topics.count = nt;
@@ -343,6 +354,9 @@ static bool fetch_group(ks_broker_t *b, ks_req_t *req, int16_t v, ks_str_t group
         memset(out, 0, sizeof(*out));
         if (group_id_invalid(group_id))
                 return group_error(req, v, topics, ntopics, KS_ERR_INVALID_GROUP_ID, out);
+        int16_t route = ks_group_route_blocking(b, group_id);
+        if (route)
+                return group_error(req, v, topics, ntopics, route, out);
         char group[KS_GROUP_ID_MAX + 1];
         group_cstr(group_id, group);
 

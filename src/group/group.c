@@ -12,6 +12,17 @@
  * Time: the coordinator thread ticks every TICK_MS and runs the deadlines
  * (session expiry, end of a join phase, end of a sync phase, the initial
  * rebalance delay of a new group).
+ *
+ * Cluster mode (cfg.owns set): `coords` is the set of groups coordinated
+ * here, each with the term (the fence's compare number) it was loaded in; a
+ * request for a group outside it is answered NOT_COORDINATOR under the same
+ * lock that ks_groups_unload takes, so no request slips in after an unload.
+ * Every group in `buckets` is in `coords`.
+ *
+ * Record writes: `write_lock` is held from taking a snapshot of a group
+ * record until its write returned (coalesced persistence, unload with
+ * persist, delete), so the store sees them in snapshot order.  Lock order:
+ * write_lock, then lock.
  */
 #include "group/group.h"
 
@@ -81,11 +92,20 @@ typedef struct group {
         bool dirty;            /* metadata to persist */
 } group_t;
 
+/* Cluster mode: one group coordinated here. */
+typedef struct coord {
+        struct coord *next; /* bucket chain */
+        char *id;
+        int64_t term;       /* the fence's compare number when loaded (0: writes not fenced) */
+} coord_t;
+
 struct ks_groups {
         ks_groups_config_t cfg;
         ks_meta_t *meta;
         pthread_mutex_t lock;
         group_t *buckets[NBUCKETS];
+        coord_t *coords[NBUCKETS]; /* cluster mode: the groups coordinated here (lock) */
+        pthread_mutex_t write_lock; /* serialises record writes (see above) */
         pthread_t thread;
         pthread_cond_t cond;
         bool stopping;
@@ -173,6 +193,30 @@ static void group_free(group_t *gr)
         free(gr->protocol);
         free(gr->leader);
         free(gr);
+}
+
+static coord_t *coord_find(ks_groups_t *g, ks_str_t id)
+{
+        if (id.len <= 0)
+                return NULL;
+        for (coord_t *c = g->coords[hash(id.ptr, (size_t)id.len)]; c; c = c->next)
+                if (ks_str_eq_c(id, c->id))
+                        return c;
+        return NULL;
+}
+
+/* Are requests for `id` served here?  Lock held. */
+static bool coordinated(ks_groups_t *g, ks_str_t id)
+{
+        return !g->cfg.owns || coord_find(g, id) != NULL;
+}
+
+/* The term a snapshot of `id` is taken in (0: writes not fenced).  Lock
+ * held. */
+static int64_t term_of(ks_groups_t *g, ks_str_t id)
+{
+        const coord_t *c = g->cfg.owns ? coord_find(g, id) : NULL;
+        return c ? c->term : 0;
 }
 
 static member_t *member_find(group_t *gr, ks_str_t id)
@@ -338,7 +382,9 @@ static char *new_member_id(ks_str_t client_id)
 /* ------------------------------------------------------------------------ */
 /* Answers                                                                   */
 
-static void answer_join_error(ks_req_t *req, int16_t err, const char *member_id)
+/* `member_id` must live as long as the request (a view of it, or of its
+ * arena). */
+static void answer_join_error_str(ks_req_t *req, int16_t err, ks_str_t member_id)
 {
         ks_JoinGroupResponse *resp = ks_msg_new(&ks_JoinGroupResponse_desc, &req->arena);
         if (!resp) {
@@ -347,10 +393,15 @@ static void answer_join_error(ks_req_t *req, int16_t err, const char *member_id)
         }
         resp->ErrorCode = err;
         resp->GenerationId = -1;
-        resp->MemberId = member_id ? ks_arena_str(&req->arena, "%s", member_id) : KS_STR("");
+        resp->MemberId = member_id.len > 0 ? member_id : KS_STR("");
         resp->ProtocolName = req->hdr.RequestApiVersion >= 7 ? KS_STR_NULL : KS_STR("");
         resp->ProtocolType = KS_STR_NULL;
         ks_req_respond(req, resp);
+}
+
+static void answer_join_error(ks_req_t *req, int16_t err, const char *member_id)
+{
+        answer_join_error_str(req, err, member_id ? ks_arena_str(&req->arena, "%s", member_id) : KS_STR(""));
 }
 
 /* Answers m's parked JoinGroup.  `leader_shown` is the leader id put in
@@ -426,6 +477,46 @@ static void answer_sync(ks_req_t *req, int16_t err, const group_t *gr, const mem
                 }
         }
         ks_req_respond(req, resp);
+}
+
+static void answer_heartbeat(ks_req_t *req, int16_t err)
+{
+        ks_HeartbeatResponse *resp = ks_msg_new(&ks_HeartbeatResponse_desc, &req->arena);
+        if (!resp) {
+                ks_req_close(req, "out of memory");
+                return;
+        }
+        resp->ErrorCode = err;
+        ks_req_respond(req, resp);
+}
+
+void ks_groups_refuse(ks_req_t *req, int16_t err)
+{
+        switch (req->hdr.RequestApiKey) {
+        case KS_API_JOIN_GROUP:
+                answer_join_error_str(req, err, ((const ks_JoinGroupRequest *)req->request)->MemberId);
+                return;
+        case KS_API_SYNC_GROUP:
+                answer_sync(req, err, NULL, NULL);
+                return;
+        case KS_API_HEARTBEAT:
+                answer_heartbeat(req, err);
+                return;
+        case KS_API_LEAVE_GROUP: {
+                ks_LeaveGroupResponse *resp = ks_msg_new(&ks_LeaveGroupResponse_desc, &req->arena);
+                if (!resp) {
+                        ks_req_close(req, "out of memory");
+                        return;
+                }
+                resp->ErrorCode = err;
+                resp->Members.count = 0;
+                ks_req_respond(req, resp);
+                return;
+        }
+        default:
+                ks_req_close(req, "not a group membership request");
+                return;
+        }
 }
 
 /* ------------------------------------------------------------------------ */
@@ -566,6 +657,11 @@ void ks_groups_join(ks_groups_t *g, ks_req_t *req)
                 answer_join_error(req, KS_ERR_INVALID_GROUP_ID, NULL);
                 return;
         }
+        if (g->cfg.owns && !ks_groups_coordinates(g, rq->GroupId)) {
+                /* Early answer; checked again under the lock below. */
+                answer_join_error_str(req, KS_ERR_NOT_COORDINATOR, rq->MemberId);
+                return;
+        }
         if (rq->SessionTimeoutMs < g->cfg.min_session_timeout_ms ||
             rq->SessionTimeoutMs > g->cfg.max_session_timeout_ms) {
                 answer_join_error(req, KS_ERR_INVALID_SESSION_TIMEOUT, NULL);
@@ -579,6 +675,11 @@ void ks_groups_join(ks_groups_t *g, ks_req_t *req)
         bool is_static = instance.len > 0;
 
         pthread_mutex_lock(&g->lock);
+        if (!coordinated(g, rq->GroupId)) {
+                pthread_mutex_unlock(&g->lock);
+                answer_join_error_str(req, KS_ERR_NOT_COORDINATOR, rq->MemberId);
+                return;
+        }
         group_t *gr = group_find(g, rq->GroupId);
         if (!gr) {
                 if (!str_empty(rq->MemberId)) {
@@ -813,6 +914,8 @@ void ks_groups_sync(ks_groups_t *g, ks_req_t *req)
         int16_t err = 0;
         if (ks_group_id_check(rq->GroupId))
                 err = KS_ERR_INVALID_GROUP_ID;
+        else if (!coordinated(g, rq->GroupId))
+                err = KS_ERR_NOT_COORDINATOR;
         else if (gr && !m && v >= 3 && member_find_instance(gr, rq->GroupInstanceId))
                 err = KS_ERR_FENCED_INSTANCE_ID; /* an old id of a static member that rejoined */
         else if (!gr || !m || gr->state == ST_EMPTY)
@@ -881,6 +984,8 @@ void ks_groups_heartbeat(ks_groups_t *g, ks_req_t *req)
         member_t *m = gr ? member_find(gr, rq->MemberId) : NULL;
         if (ks_group_id_check(rq->GroupId))
                 err = KS_ERR_INVALID_GROUP_ID;
+        else if (!coordinated(g, rq->GroupId))
+                err = KS_ERR_NOT_COORDINATOR;
         else if (gr && !m && v >= 3 && member_find_instance(gr, rq->GroupInstanceId))
                 err = KS_ERR_FENCED_INSTANCE_ID; /* an old id of a static member that rejoined */
         else if (!gr || !m || gr->state == ST_EMPTY || gr->state == ST_DEAD)
@@ -892,16 +997,10 @@ void ks_groups_heartbeat(ks_groups_t *g, ks_req_t *req)
                 err = KS_ERR_ILLEGAL_GENERATION;
         else if (gr->state == ST_PREPARING)
                 err = KS_ERR_REBALANCE_IN_PROGRESS;
-        if (m && err != KS_ERR_UNKNOWN_MEMBER_ID && err != KS_ERR_FENCED_INSTANCE_ID)
+        if (m && err != KS_ERR_UNKNOWN_MEMBER_ID && err != KS_ERR_FENCED_INSTANCE_ID && err != KS_ERR_NOT_COORDINATOR)
                 m->last_seen = now_ms();
         pthread_mutex_unlock(&g->lock);
-        ks_HeartbeatResponse *resp = ks_msg_new(&ks_HeartbeatResponse_desc, &req->arena);
-        if (!resp) {
-                ks_req_close(req, "out of memory");
-                return;
-        }
-        resp->ErrorCode = err;
-        ks_req_respond(req, resp);
+        answer_heartbeat(req, err);
 }
 
 void ks_groups_leave(ks_groups_t *g, ks_req_t *req)
@@ -922,6 +1021,8 @@ void ks_groups_leave(ks_groups_t *g, ks_req_t *req)
         int removed = 0;
         if (ks_group_id_check(rq->GroupId))
                 top = KS_ERR_INVALID_GROUP_ID;
+        else if (!coordinated(g, rq->GroupId))
+                top = KS_ERR_NOT_COORDINATOR;
         else if (!gr || gr->state == ST_DEAD)
                 top = v >= 3 ? KS_ERR_UNKNOWN_MEMBER_ID : KS_ERR_UNKNOWN_MEMBER_ID;
         for (int32_t i = 0; !top && i < n; i++) {
@@ -988,6 +1089,10 @@ ks_err_t ks_groups_check_commit(ks_groups_t *g, ks_str_t group, ks_str_t member_
         if (err)
                 return err;
         pthread_mutex_lock(&g->lock);
+        if (!coordinated(g, group)) {
+                pthread_mutex_unlock(&g->lock);
+                return KS_ERR_NOT_COORDINATOR;
+        }
         group_t *gr = group_find(g, group);
         if (!gr) {
                 if (generation >= 0 || member_id.len > 0) {
@@ -1066,9 +1171,83 @@ static uint8_t *group_encode(const group_t *gr, size_t *len)
         return buf;
 }
 
+/* Unlinks and frees group `gr` (lock held): its members go, parked
+ * requests answered `err`. */
+static void group_remove(ks_groups_t *g, group_t *gr, int16_t err)
+{
+        uint32_t h = hash(gr->id, strlen(gr->id));
+        for (group_t **pp = &g->buckets[h]; *pp; pp = &(*pp)->next) {
+                if (*pp == gr) {
+                        *pp = gr->next;
+                        break;
+                }
+        }
+        while (gr->members)
+                remove_member(gr, gr->members, err);
+        group_free(gr);
+}
+
+/* Cluster mode: stops coordinating `id` (lock held) — its coord entry and
+ * its group go, parked requests are answered NOT_COORDINATOR.  Returns
+ * whether it was coordinated. */
+static bool drop_locked(ks_groups_t *g, ks_str_t id)
+{
+        bool had = false;
+        uint32_t h = hash(id.ptr, (size_t)id.len);
+        for (coord_t **pp = &g->coords[h]; *pp; pp = &(*pp)->next) {
+                coord_t *c = *pp;
+                if (ks_str_eq_c(id, c->id)) {
+                        *pp = c->next;
+                        free(c->id);
+                        free(c);
+                        had = true;
+                        break;
+                }
+        }
+        group_t *gr = group_find(g, id);
+        if (gr)
+                group_remove(g, gr, KS_ERR_NOT_COORDINATOR);
+        return had;
+}
+
+/* The compare for a write of `id`'s state snapshotted in `term`: 0 with
+ * *use NULL (writes not fenced) or pointing at *cmp; KS_ERR_NOT_COORDINATOR
+ * when this broker no longer holds the group in that term.  Called without
+ * the lock. */
+static ks_err_t write_fence(ks_groups_t *g, const char *id, int64_t term, char keybuf[KS_GROUPS_FENCE_KEY_MAX],
+                            ks_kv_cmp_t *cmp, const ks_kv_cmp_t **use)
+{
+        *use = NULL;
+        if (!g->cfg.fence)
+                return 0;
+        if (!g->cfg.fence(g->cfg.opaque, id, keybuf, KS_GROUPS_FENCE_KEY_MAX, cmp) || cmp->number != term)
+                return KS_ERR_NOT_COORDINATOR;
+        *use = cmp;
+        return 0;
+}
+
+/* Did a write under *use fail because of the fence? */
+static bool write_fenced(ks_err_t err, const ks_kv_cmp_t *use)
+{
+        return err == KS_ERR_NOT_COORDINATOR || (err == KS_ERR__CONFLICT && use);
+}
+
+/* Writes one snapshot of a group record, fenced.  write_lock held. */
+static ks_err_t record_put(ks_groups_t *g, const char *id, int64_t term, const uint8_t *buf, size_t len)
+{
+        char kb[KS_GROUPS_FENCE_KEY_MAX];
+        ks_kv_cmp_t cmp;
+        const ks_kv_cmp_t *use;
+        ks_err_t err = write_fence(g, id, term, kb, &cmp, &use);
+        if (!err)
+                err = ks_meta_group_put(g->meta, id, buf, len, use);
+        return write_fenced(err, use) ? KS_ERR_NOT_COORDINATOR : err;
+}
+
 typedef struct dirty {
         struct dirty *next;
         char *id;
+        int64_t term;
         uint8_t *buf;
         size_t len;
 } dirty_t;
@@ -1076,6 +1255,7 @@ typedef struct dirty {
 static void persist_dirty(ks_groups_t *g)
 {
         dirty_t *list = NULL;
+        pthread_mutex_lock(&g->write_lock);
         pthread_mutex_lock(&g->lock);
         for (int b = 0; b < NBUCKETS; b++) {
                 for (group_t *gr = g->buckets[b]; gr; gr = gr->next) {
@@ -1085,6 +1265,7 @@ static void persist_dirty(ks_groups_t *g)
                         if (!d)
                                 continue;
                         d->id = strdup(gr->id);
+                        d->term = term_of(g, ks_str_c(gr->id));
                         d->buf = group_encode(gr, &d->len);
                         if (!d->id || !d->buf) {
                                 free(d->id);
@@ -1101,13 +1282,18 @@ static void persist_dirty(ks_groups_t *g)
         while (list) {
                 dirty_t *d = list;
                 list = d->next;
-                ks_err_t err = ks_meta_group_put(g->meta, d->id, d->buf, d->len);
-                if (err) {
+                ks_err_t err = record_put(g, d->id, d->term, d->buf, d->len);
+                if (err == KS_ERR_NOT_COORDINATOR) {
+                        /* The group's lease is gone: another broker
+                         * coordinates it (or will). */
+                        ks_log_warn("group_persist_fenced", "group=\"%s\" action=unload", d->id);
+                        ks_groups_fenced(g, d->id, d->term);
+                } else if (err) {
                         ks_log_warn("group_persist_failed", "group=\"%s\" err=%s action=retry", d->id,
                                     ks_err_name(err));
                         pthread_mutex_lock(&g->lock);
                         group_t *gr = group_find(g, ks_str_c(d->id));
-                        if (gr)
+                        if (gr && term_of(g, ks_str_c(d->id)) == d->term)
                                 gr->dirty = true;
                         pthread_mutex_unlock(&g->lock);
                 }
@@ -1115,6 +1301,22 @@ static void persist_dirty(ks_groups_t *g)
                 free(d->buf);
                 free(d);
         }
+        pthread_mutex_unlock(&g->write_lock);
+}
+
+/* Installs a stored record as an Empty group with its generation (lock
+ * held, or before the coordinator thread starts).  False if memory ran
+ * out. */
+static bool group_install(ks_groups_t *g, const char *group, const Kafscale__Metadata__ConsumerGroup *cg)
+{
+        group_t *gr = group_create(g, ks_str_c(group));
+        if (!gr)
+                return false;
+        /* Members do not survive a change of coordinator: they rejoin. */
+        gr->generation = cg->generation_id;
+        if (cg->protocol_type && cg->protocol_type[0])
+                gr->protocol_type = strdup(cg->protocol_type);
+        return true;
 }
 
 static int load_one(void *opaque, const char *group, const uint8_t *buf, size_t len)
@@ -1125,15 +1327,141 @@ static int load_one(void *opaque, const char *group, const uint8_t *buf, size_t 
                 ks_log_warn("group_record_corrupt", "group=\"%s\" action=ignored", group);
                 return 0;
         }
-        group_t *gr = group_create(g, ks_str_c(group));
-        if (gr) {
-                /* Members do not survive a coordinator restart: they rejoin. */
-                gr->generation = cg->generation_id;
-                if (cg->protocol_type && cg->protocol_type[0])
-                        gr->protocol_type = strdup(cg->protocol_type);
-        }
+        group_install(g, group, cg);
         kafscale__metadata__consumer_group__free_unpacked(cg, NULL);
         return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Cluster mode: loading and unloading one group                             */
+
+bool ks_groups_coordinates(ks_groups_t *g, ks_str_t group)
+{
+        if (!g->cfg.owns)
+                return true;
+        pthread_mutex_lock(&g->lock);
+        bool c = coord_find(g, group) != NULL;
+        pthread_mutex_unlock(&g->lock);
+        return c;
+}
+
+ks_err_t ks_groups_load(ks_groups_t *g, const char *group)
+{
+        if (!g->cfg.owns)
+                return 0;
+        if (!group || ks_group_id_check(ks_str_c(group)))
+                return KS_ERR__INVALID_ARG;
+        const ks_str_t id = ks_str_c(group);
+        if (ks_groups_coordinates(g, id))
+                return 0;
+
+        uint8_t *buf = NULL;
+        size_t len = 0;
+        ks_err_t err = ks_meta_group_get(g->meta, group, &buf, &len);
+        if (err && err != KS_ERR__NOT_FOUND) {
+                ks_log_warn("group_load_failed", "group=\"%s\" err=%s action=\"retried by the next request\"", group,
+                            ks_err_name(err));
+                return err;
+        }
+        Kafscale__Metadata__ConsumerGroup *cg = NULL;
+        if (buf) {
+                cg = kafscale__metadata__consumer_group__unpack(NULL, len, buf);
+                if (!cg)
+                        ks_log_warn("group_record_corrupt", "group=\"%s\" action=ignored", group);
+        }
+        free(buf);
+
+        char kb[KS_GROUPS_FENCE_KEY_MAX];
+        ks_kv_cmp_t cmp;
+        int64_t term = 0;
+        bool installed = false;
+        err = 0;
+        pthread_mutex_lock(&g->lock);
+        if (coord_find(g, id)) {
+                /* Loaded meanwhile by another caller: what it read is as
+                 * current as ours (nothing writes the record unless it is
+                 * coordinated here). */
+        } else if (!g->cfg.owns(g->cfg.opaque, group)) {
+                err = KS_ERR_NOT_COORDINATOR;
+        } else if (g->cfg.fence && !g->cfg.fence(g->cfg.opaque, group, kb, sizeof(kb), &cmp)) {
+                err = KS_ERR_NOT_COORDINATOR;
+        } else {
+                term = g->cfg.fence ? cmp.number : 0;
+                group_t *stale = group_find(g, id);
+                if (stale) /* cannot happen: every group in memory is coordinated */
+                        group_remove(g, stale, KS_ERR_NOT_COORDINATOR);
+                coord_t *c = calloc(1, sizeof(*c));
+                if (c && (c->id = strdup(group)) != NULL && (!cg || group_install(g, group, cg))) {
+                        uint32_t h = hash(id.ptr, (size_t)id.len);
+                        c->term = term;
+                        c->next = g->coords[h];
+                        g->coords[h] = c;
+                        installed = true;
+                } else {
+                        if (c)
+                                free(c->id);
+                        free(c);
+                        err = KS_ERR__NOMEM;
+                }
+        }
+        pthread_mutex_unlock(&g->lock);
+        if (installed)
+                ks_log_info("group_loaded", "group=\"%s\" stored=%s generation=%d term=%lld", group,
+                            cg ? "true" : "false", cg ? cg->generation_id : 0, (long long)term);
+        if (cg)
+                kafscale__metadata__consumer_group__free_unpacked(cg, NULL);
+        return err;
+}
+
+void ks_groups_unload(ks_groups_t *g, const char *group, bool persist)
+{
+        if (!g->cfg.owns || !group || ks_group_id_check(ks_str_c(group)))
+                return;
+        const ks_str_t id = ks_str_c(group);
+        uint8_t *buf = NULL;
+        size_t len = 0;
+        int64_t term = 0;
+        if (persist)
+                pthread_mutex_lock(&g->write_lock);
+        pthread_mutex_lock(&g->lock);
+        const coord_t *c = coord_find(g, id);
+        bool had = c != NULL;
+        if (c) {
+                term = c->term;
+                group_t *gr = group_find(g, id);
+                if (persist && gr && gr->dirty && gr->state != ST_DEAD)
+                        buf = group_encode(gr, &len);
+                drop_locked(g, id);
+        }
+        pthread_mutex_unlock(&g->lock);
+        ks_err_t err = 0;
+        bool wrote = buf != NULL;
+        if (buf) {
+                err = record_put(g, group, term, buf, len);
+                free(buf);
+        }
+        if (persist)
+                pthread_mutex_unlock(&g->write_lock);
+        if (err)
+                ks_log_warn("group_unload_persist_failed", "group=\"%s\" err=%s", group, ks_err_name(err));
+        if (had)
+                ks_log_info("group_unloaded", "group=\"%s\" persisted=%s", group,
+                            !persist ? "no" : err ? "failed" : wrote ? "yes" : "unchanged");
+}
+
+void ks_groups_fenced(ks_groups_t *g, const char *group, int64_t term)
+{
+        if (!g->cfg.owns || !group || ks_group_id_check(ks_str_c(group)))
+                return;
+        const ks_str_t id = ks_str_c(group);
+        pthread_mutex_lock(&g->lock);
+        const coord_t *c = coord_find(g, id);
+        bool drop = c && c->term == term;
+        if (drop)
+                drop_locked(g, id);
+        pthread_mutex_unlock(&g->lock);
+        if (drop)
+                ks_log_warn("group_fenced", "group=\"%s\" term=%lld action=unloaded", group, (long long)term);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -1232,12 +1560,14 @@ ks_err_t ks_groups_open(const ks_groups_config_t *cfg, ks_meta_t *meta, ks_group
         g->cfg = *cfg;
         g->meta = meta;
         pthread_mutex_init(&g->lock, NULL);
+        pthread_mutex_init(&g->write_lock, NULL);
         pthread_condattr_t ca;
         pthread_condattr_init(&ca);
         pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
         pthread_cond_init(&g->cond, &ca);
         pthread_condattr_destroy(&ca);
-        ks_err_t err = ks_meta_groups_load(meta, load_one, g);
+        /* Cluster mode loads each group when this broker acquires it. */
+        ks_err_t err = cfg->owns ? 0 : ks_meta_groups_load(meta, load_one, g);
         if (err || pthread_create(&g->thread, NULL, groups_main, g) != 0) {
                 ks_groups_close(g);
                 return err ? err : KS_ERR__NOMEM;
@@ -1268,8 +1598,14 @@ void ks_groups_close(ks_groups_t *g)
                         group_free(gr);
                         gr = next;
                 }
+                for (coord_t *c = g->coords[b], *next; c; c = next) {
+                        next = c->next;
+                        free(c->id);
+                        free(c);
+                }
         }
         pthread_cond_destroy(&g->cond);
+        pthread_mutex_destroy(&g->write_lock);
         pthread_mutex_destroy(&g->lock);
         free(g);
 }
@@ -1351,9 +1687,15 @@ void ks_groups_describe(ks_groups_t *g, ks_str_t group, bool include_ops, ks_are
                 d->GroupState = KS_STR("");
                 return; /* Kafka reports operations only without an error */
         }
+        pthread_mutex_lock(&g->lock);
+        if (!coordinated(g, group)) {
+                pthread_mutex_unlock(&g->lock);
+                d->ErrorCode = KS_ERR_NOT_COORDINATOR;
+                d->GroupState = KS_STR("");
+                return;
+        }
         if (include_ops)
                 d->AuthorizedOperations = GROUP_OPS;
-        pthread_mutex_lock(&g->lock);
         group_t *gr = group_find(g, group);
         if (!gr) {
                 pthread_mutex_unlock(&g->lock);
@@ -1390,6 +1732,10 @@ ks_err_t ks_groups_delete_begin(ks_groups_t *g, ks_str_t group, bool *known)
         if (ks_group_id_check(group))
                 return KS_ERR_INVALID_GROUP_ID;
         pthread_mutex_lock(&g->lock);
+        if (!coordinated(g, group)) {
+                pthread_mutex_unlock(&g->lock);
+                return KS_ERR_NOT_COORDINATOR;
+        }
         group_t *gr = group_find(g, group);
         ks_err_t err = 0;
         if (gr) {
@@ -1405,18 +1751,59 @@ ks_err_t ks_groups_delete_begin(ks_groups_t *g, ks_str_t group, bool *known)
         return err;
 }
 
-void ks_groups_delete_finish(ks_groups_t *g, ks_str_t group)
+/* A Dead group whose deletion did not complete is Empty again.  Lock held. */
+static void undelete_locked(ks_groups_t *g, ks_str_t group)
 {
+        group_t *gr = group_find(g, group);
+        if (gr && gr->state == ST_DEAD)
+                set_state(gr, ST_EMPTY);
+}
+
+ks_err_t ks_groups_delete_finish(ks_groups_t *g, ks_str_t group)
+{
+        if (ks_group_id_check(group))
+                return KS_ERR_INVALID_GROUP_ID;
+        char name[KS_GROUP_ID_MAX + 1];
+        memcpy(name, group.ptr, (size_t)group.len);
+        name[group.len] = '\0';
+        char kb[KS_GROUPS_FENCE_KEY_MAX];
+        ks_kv_cmp_t cmp;
+        const ks_kv_cmp_t *use = NULL;
+
+        pthread_mutex_lock(&g->write_lock);
         pthread_mutex_lock(&g->lock);
-        uint32_t h = hash(group.ptr, (size_t)group.len);
-        for (group_t **pp = &g->buckets[h]; *pp; pp = &(*pp)->next) {
-                group_t *gr = *pp;
-                if (ks_str_eq_c(group, gr->id) && gr->state == ST_DEAD) {
-                        *pp = gr->next;
-                        group_free(gr);
-                        break;
-                }
+        bool coord = coordinated(g, group);
+        int64_t term = term_of(g, group);
+        pthread_mutex_unlock(&g->lock);
+        ks_err_t err = coord ? write_fence(g, name, term, kb, &cmp, &use) : KS_ERR_NOT_COORDINATOR;
+        if (!err)
+                err = ks_meta_group_delete(g->meta, name, use);
+        bool fenced = coord && write_fenced(err, use);
+        pthread_mutex_lock(&g->lock);
+        if (!err) {
+                group_t *gr = group_find(g, group);
+                if (gr && gr->state == ST_DEAD)
+                        group_remove(g, gr, KS_ERR_COORDINATOR_NOT_AVAILABLE);
+        } else if (fenced) {
+                const coord_t *c = coord_find(g, group);
+                if (c && c->term == term)
+                        drop_locked(g, group);
+        } else {
+                undelete_locked(g, group);
         }
         pthread_mutex_unlock(&g->lock);
-        ks_log_info("group_deleted", "group=\"%.*s\"", (int)group.len, group.ptr);
+        pthread_mutex_unlock(&g->write_lock);
+        if (!err)
+                ks_log_info("group_deleted", "group=\"%s\"", name);
+        else
+                ks_log_warn("group_delete_failed", "group=\"%s\" err=%s%s", name, ks_err_name(err),
+                            fenced ? " action=unloaded" : "");
+        return fenced ? KS_ERR_NOT_COORDINATOR : err;
+}
+
+void ks_groups_delete_abort(ks_groups_t *g, ks_str_t group)
+{
+        pthread_mutex_lock(&g->lock);
+        undelete_locked(g, group);
+        pthread_mutex_unlock(&g->lock);
 }

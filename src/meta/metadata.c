@@ -1111,22 +1111,77 @@ ks_err_t ks_meta_partition_commit(ks_meta_t *m, const char *topic, int32_t parti
 
 #define CONSUMERS_PREFIX "/kafscale/consumers/"
 
-ks_err_t ks_meta_group_put(ks_meta_t *m, const char *group, const uint8_t *buf, size_t len)
+/* "/kafscale/consumers/{group}/metadata"; -1 if the group id cannot be a
+ * single path segment of a key (empty, '/', too long). */
+static int group_key(char *buf, size_t len, const char *group)
 {
-        char key[400];
-        int kl = snprintf(key, sizeof(key), CONSUMERS_PREFIX "%s/metadata", group);
-        if (kl < 0 || (size_t)kl >= sizeof(key))
-                return KS_ERR__INVALID_ARG;
-        return ks_kv_put(m->kv, key, (size_t)kl, buf, len, 0, NULL);
+        if (!group || !group[0] || strchr(group, '/'))
+                return -1;
+        int kl = snprintf(buf, len, CONSUMERS_PREFIX "%s/metadata", group);
+        return kl < 0 || (size_t)kl >= len ? -1 : kl;
 }
 
-ks_err_t ks_meta_group_delete(ks_meta_t *m, const char *group)
+/* One write of a group record, with the coordinator's fence when given. */
+static ks_err_t group_write(ks_meta_t *m, const ks_kv_op_t *op, const ks_kv_cmp_t *fence)
+{
+        if (!fence) {
+                if (op->type == KS_KV_OP_PUT)
+                        return ks_kv_put(m->kv, op->key, op->key_len, op->value, op->value_len, 0, NULL);
+                return ks_kv_delete_range(m->kv, op->key, op->key_len, NULL, 0, NULL, NULL);
+        }
+        bool ok = false;
+        ks_err_t err = ks_kv_txn(m->kv, fence, 1, op, 1, NULL, 0, &ok, NULL);
+        return err ? err : ok ? 0 : KS_ERR__CONFLICT;
+}
+
+ks_err_t ks_meta_group_put(ks_meta_t *m, const char *group, const uint8_t *buf, size_t len,
+                           const ks_kv_cmp_t *fence)
 {
         char key[400];
-        int kl = snprintf(key, sizeof(key), CONSUMERS_PREFIX "%s/metadata", group);
-        if (kl < 0 || (size_t)kl >= sizeof(key))
+        int kl = group_key(key, sizeof(key), group);
+        if (kl < 0)
                 return KS_ERR__INVALID_ARG;
-        return ks_kv_delete_range(m->kv, key, (size_t)kl, NULL, 0, NULL, NULL);
+        const ks_kv_op_t op = { .type = KS_KV_OP_PUT, .key = key, .key_len = (size_t)kl, .value = buf,
+                                .value_len = len };
+        return group_write(m, &op, fence);
+}
+
+ks_err_t ks_meta_group_delete(ks_meta_t *m, const char *group, const ks_kv_cmp_t *fence)
+{
+        char key[400];
+        int kl = group_key(key, sizeof(key), group);
+        if (kl < 0)
+                return KS_ERR__INVALID_ARG;
+        const ks_kv_op_t op = { .type = KS_KV_OP_DELETE, .key = key, .key_len = (size_t)kl };
+        return group_write(m, &op, fence);
+}
+
+ks_err_t ks_meta_group_get(ks_meta_t *m, const char *group, uint8_t **buf, size_t *len)
+{
+        *buf = NULL;
+        *len = 0;
+        char key[400];
+        int kl = group_key(key, sizeof(key), group);
+        if (kl < 0)
+                return KS_ERR__INVALID_ARG;
+        ks_kv_result_t res;
+        ks_err_t err = ks_kv_range(m->kv, key, (size_t)kl, NULL, 0, &res);
+        if (err)
+                return err;
+        if (res.count == 0) {
+                ks_kv_result_free(&res);
+                return KS_ERR__NOT_FOUND;
+        }
+        *len = res.kvs[0].value_len;
+        *buf = malloc(*len ? *len : 1);
+        if (*buf && *len)
+                memcpy(*buf, res.kvs[0].value, *len);
+        ks_kv_result_free(&res);
+        if (!*buf) {
+                *len = 0;
+                return KS_ERR__NOMEM;
+        }
+        return 0;
 }
 
 ks_err_t ks_meta_groups_load(ks_meta_t *m, int (*cb)(void *opaque, const char *group, const uint8_t *buf, size_t len),

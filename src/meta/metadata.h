@@ -224,11 +224,24 @@ ks_err_t ks_meta_partition_trim(ks_meta_t *meta, const char *topic, int32_t part
 /* --- consumer groups ------------------------------------------------------------ */
 
 /* Writes a group's metadata record (protobuf ConsumerGroup, encoded by the
- * coordinator) at /kafscale/consumers/{group}/metadata.  BLOCKING. */
-ks_err_t ks_meta_group_put(ks_meta_t *meta, const char *group, const uint8_t *buf, size_t len);
+ * coordinator) at /kafscale/consumers/{group}/metadata.  `fence` (NULL:
+ * none) is the coordinator's compare (cluster mode: its group lease, see
+ * ks_cluster_group_fence_cmp), evaluated in the write's own transaction:
+ * if it does not hold nothing is written and KS_ERR__CONFLICT is returned.
+ * KS_ERR__INVALID_ARG for a group id that cannot be a key segment (empty,
+ * '/', too long).  BLOCKING. */
+ks_err_t ks_meta_group_put(ks_meta_t *meta, const char *group, const uint8_t *buf, size_t len,
+                           const ks_kv_cmp_t *fence);
 
-/* Deletes a group's metadata record.  BLOCKING. */
-ks_err_t ks_meta_group_delete(ks_meta_t *meta, const char *group);
+/* Deletes a group's metadata record (0 also when there was none); `fence`
+ * as for ks_meta_group_put.  BLOCKING. */
+ks_err_t ks_meta_group_delete(ks_meta_t *meta, const char *group, const ks_kv_cmp_t *fence);
+
+/* Reads one group's metadata record (one key read): *buf is malloc'ed (the
+ * caller frees it), *len its length.  KS_ERR__NOT_FOUND if the group has no
+ * record, KS_ERR__INVALID_ARG as above, or the store's error (*buf NULL).
+ * BLOCKING. */
+ks_err_t ks_meta_group_get(ks_meta_t *meta, const char *group, uint8_t **buf, size_t *len);
 
 /* Calls cb for every stored group record (stops early on non-zero).
  * BLOCKING. */

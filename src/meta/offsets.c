@@ -395,7 +395,8 @@ static int cmp_commit_ref(const void *pa, const void *pb)
         return a->index < b->index ? -1 : a->index > b->index;
 }
 
-ks_err_t ks_offsets_commit(ks_kv_t *kv, const char *group, const ks_offset_commit_t *items, int n)
+ks_err_t ks_offsets_commit(ks_kv_t *kv, const char *group, const ks_offset_commit_t *items, int n,
+                           const ks_kv_cmp_t *fence)
 {
         if (!group_ok(group) || n < 0 || (n > 0 && !items))
                 return KS_ERR__INVALID_ARG;
@@ -451,9 +452,9 @@ ks_err_t ks_offsets_commit(ks_kv_t *kv, const char *group, const ks_offset_commi
                         end++;
                 }
                 bool ok = false;
-                err = ks_kv_txn(kv, NULL, 0, &ops[start], (size_t)(end - start), NULL, 0, &ok, NULL);
+                err = ks_kv_txn(kv, fence, fence ? 1 : 0, &ops[start], (size_t)(end - start), NULL, 0, &ok, NULL);
                 if (!err && !ok)
-                        err = KS_ERR__CONFLICT; /* cannot happen without compares */
+                        err = KS_ERR__CONFLICT; /* the fence did not hold (the only compare) */
                 if (err)
                         ks_log_warn("offset_commit_failed",
                                     "group=\"%s\" items=%d written=%d err=%s", group, m, start, ks_err_name(err));
@@ -614,7 +615,24 @@ ks_err_t ks_offsets_fetch(ks_kv_t *kv, const char *group, const char *topic, ks_
 /* ------------------------------------------------------------------------ */
 /* Delete                                                                    */
 
-ks_err_t ks_offsets_delete_group(ks_kv_t *kv, const char *group)
+/* Deletes [key, range_end) (one key when range_end is NULL), in one
+ * transaction with `fence` when given.  *deleted (may be NULL) is the count
+ * removed, -1 when unknown (a fenced delete does not report it). */
+static ks_err_t fenced_delete(ks_kv_t *kv, const char *key, size_t key_len, const uint8_t *range_end,
+                              size_t range_end_len, const ks_kv_cmp_t *fence, int64_t *deleted)
+{
+        if (!fence)
+                return ks_kv_delete_range(kv, key, key_len, range_end, range_end_len, deleted, NULL);
+        if (deleted)
+                *deleted = -1;
+        const ks_kv_op_t op = { .type = KS_KV_OP_DELETE, .key = key, .key_len = key_len, .range_end = range_end,
+                                .range_end_len = range_end_len };
+        bool ok = false;
+        ks_err_t err = ks_kv_txn(kv, fence, 1, &op, 1, NULL, 0, &ok, NULL);
+        return err ? err : ok ? 0 : KS_ERR__CONFLICT;
+}
+
+ks_err_t ks_offsets_delete_group(ks_kv_t *kv, const char *group, const ks_kv_cmp_t *fence)
 {
         if (!group_ok(group))
                 return KS_ERR__INVALID_ARG;
@@ -623,19 +641,22 @@ ks_err_t ks_offsets_delete_group(ks_kv_t *kv, const char *group)
         uint8_t end[KEY_MAX];
         size_t elen = ks_kv_prefix_end(prefix, (size_t)plen, end);
         int64_t deleted = 0;
-        ks_err_t err = ks_kv_delete_range(kv, prefix, (size_t)plen, end, elen, &deleted, NULL);
-        if (!err)
+        ks_err_t err = fenced_delete(kv, prefix, (size_t)plen, end, elen, fence, &deleted);
+        if (!err && deleted >= 0)
                 ks_log_info("group_offsets_deleted", "group=\"%s\" offsets=%lld", group, (long long)deleted);
+        else if (!err)
+                ks_log_info("group_offsets_deleted", "group=\"%s\" fenced=true", group);
         return err;
 }
 
-ks_err_t ks_offsets_delete(ks_kv_t *kv, const char *group, const char *topic, int32_t partition)
+ks_err_t ks_offsets_delete(ks_kv_t *kv, const char *group, const char *topic, int32_t partition,
+                           const ks_kv_cmp_t *fence)
 {
         if (!group_ok(group) || !topic_ok_c(topic) || partition < 0)
                 return KS_ERR__INVALID_ARG;
         char key[KEY_MAX];
         int kl = offset_key(key, group, ks_str_c(topic), partition);
-        return ks_kv_delete_range(kv, key, (size_t)kl, NULL, 0, NULL, NULL);
+        return fenced_delete(kv, key, (size_t)kl, NULL, 0, fence, NULL);
 }
 
 ks_err_t ks_offsets_delete_topic(ks_kv_t *kv, const char *topic)

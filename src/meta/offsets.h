@@ -99,11 +99,15 @@ const char *ks_offsets_group_invalid(ks_str_t group);
  * written in order: if one fails, the ones before it stay written and the
  * ones after it are not attempted (committing the same offsets again is
  * harmless, so the caller simply reports the error and the client retries).
- * committed_at is the system clock's wall time.
+ * committed_at is the system clock's wall time.  `fence` (NULL: none) is the
+ * group coordinator's compare (cluster mode: ks_cluster_group_fence_cmp),
+ * added to every transaction: when it does not hold, that transaction
+ * writes nothing and KS_ERR__CONFLICT is returned.
  * Returns 0; KS_ERR__INVALID_ARG (invalid group, topic name, partition or
- * metadata longer than 32767 bytes; nothing is written); KS_ERR__NOMEM; or
- * the store's error.  n == 0 writes nothing.  BLOCKING. */
-ks_err_t ks_offsets_commit(ks_kv_t *kv, const char *group, const ks_offset_commit_t *items, int n);
+ * metadata longer than 32767 bytes; nothing is written); KS_ERR__CONFLICT;
+ * KS_ERR__NOMEM; or the store's error.  n == 0 writes nothing.  BLOCKING. */
+ks_err_t ks_offsets_commit(ks_kv_t *kv, const char *group, const ks_offset_commit_t *items, int n,
+                           const ks_kv_cmp_t *fence);
 
 /* Reads the committed offsets of `group` in one range read: every topic
  * when `topic` is NULL, else only that topic.  Fills *out (caller frees it
@@ -123,19 +127,22 @@ void ks_offset_list_free(ks_offset_list_t *list);
 const ks_offset_entry_t *ks_offset_list_find(const ks_offset_list_t *list, ks_str_t topic, int32_t partition);
 
 /* Deletes every committed offset of the group (the prefix
- * /kafscale/consumers/{group}/offsets/) in one operation.  The group's
- * other records (its metadata key) are not touched.  0 also when there was
- * nothing to delete.  BLOCKING. */
-ks_err_t ks_offsets_delete_group(ks_kv_t *kv, const char *group);
+ * /kafscale/consumers/{group}/offsets/) in one operation, with `fence` (as
+ * for ks_offsets_commit: KS_ERR__CONFLICT and nothing deleted when it does
+ * not hold).  The group's other records (its metadata key) are not
+ * touched.  0 also when there was nothing to delete.  BLOCKING. */
+ks_err_t ks_offsets_delete_group(ks_kv_t *kv, const char *group, const ks_kv_cmp_t *fence);
 
-/* Deletes one committed offset (OffsetDelete).  0 also when there was
- * none.  BLOCKING. */
-ks_err_t ks_offsets_delete(ks_kv_t *kv, const char *group, const char *topic, int32_t partition);
+/* Deletes one committed offset (OffsetDelete), with `fence` as above.  0
+ * also when there was none.  BLOCKING. */
+ks_err_t ks_offsets_delete(ks_kv_t *kv, const char *group, const char *topic, int32_t partition,
+                           const ks_kv_cmp_t *fence);
 
 /* Deletes the committed offsets of `topic` in every group (what Kafka does
  * when a topic is deleted): one range read of /kafscale/consumers/, then one
  * range delete per group that has offsets for the topic, in transactions of
- * at most KS_OFFSETS_TXN_MAX_OPS.  BLOCKING. */
+ * at most KS_OFFSETS_TXN_MAX_OPS.  Not fenced: it follows the topic's
+ * deletion, not a coordinator's decision.  BLOCKING. */
 ks_err_t ks_offsets_delete_topic(ks_kv_t *kv, const char *topic);
 
 /* True if the group has at least one committed offset.  A store error

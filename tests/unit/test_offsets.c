@@ -199,7 +199,7 @@ static void check_round_trip(const char *name)
                 item("orders", 0, 7, -1, NULL),
                 item("payments", 0, 0, 0, ""),
         };
-        CHECK_EQ_INT(ks_offsets_commit(be.kv, "g1", items, 3), 0);
+        CHECK_EQ_INT(ks_offsets_commit(be.kv, "g1", items, 3, NULL), 0);
         CHECK_EQ_INT(be.c.txns, 1);
         int64_t after = ks_clock_wall_ms(ks_clock_system());
 
@@ -253,13 +253,13 @@ static void check_overwrite_and_duplicates(const char *name)
         backend_t be;
         REQUIRE(backend_open(&be, name));
         ks_offset_commit_t a[] = { item("t", 0, 1, 1, "old"), item("t", 1, 10, 1, "x") };
-        CHECK_EQ_INT(ks_offsets_commit(be.kv, "g", a, 2), 0);
+        CHECK_EQ_INT(ks_offsets_commit(be.kv, "g", a, 2, NULL), 0);
         ks_offset_commit_t b[] = { item("t", 0, 5, 2, "new") };
-        CHECK_EQ_INT(ks_offsets_commit(be.kv, "g", b, 1), 0);
+        CHECK_EQ_INT(ks_offsets_commit(be.kv, "g", b, 1, NULL), 0);
         /* The same partition twice in one commit: the last one wins. */
         ks_offset_commit_t c[] = { item("t", 1, 11, 1, "first"), item("u", 0, 1, -1, ""), item("t", 1, 12, 2, "last") };
         reset_counts(&be);
-        CHECK_EQ_INT(ks_offsets_commit(be.kv, "g", c, 3), 0);
+        CHECK_EQ_INT(ks_offsets_commit(be.kv, "g", c, 3, NULL), 0);
         CHECK_EQ_INT(be.c.txns, 1);
         CHECK_EQ_INT(be.c.max_ops, 2);
 
@@ -293,7 +293,7 @@ static void check_fetch_one_topic(const char *name)
                 item("orders2", 0, 4, -1, ""), item("orders-x", 0, 5, -1, ""), item("orders.y", 0, 6, -1, ""),
                 item("order", 0, 7, -1, ""),
         };
-        CHECK_EQ_INT(ks_offsets_commit(be.kv, "g", items, 7), 0);
+        CHECK_EQ_INT(ks_offsets_commit(be.kv, "g", items, 7, NULL), 0);
 
         ks_offset_list_t l;
         REQUIRE_EQ_INT(ks_offsets_fetch(be.kv, "g", "orders", &l), 0);
@@ -333,7 +333,7 @@ static void check_json_value(const char *name)
         ks_offset_commit_t it = { .topic = KS_STR("orders"), .partition = 3, .offset = 123456789012LL,
                                   .leader_epoch = 9, .metadata = { md, (int32_t)sizeof(md) - 1 } };
         int64_t before = ks_clock_wall_ms(ks_clock_system());
-        CHECK_EQ_INT(ks_offsets_commit(be.kv, "group-1", &it, 1), 0);
+        CHECK_EQ_INT(ks_offsets_commit(be.kv, "group-1", &it, 1, NULL), 0);
 
         const char *key = "/kafscale/consumers/group-1/offsets/orders/3";
         ks_kv_result_t res;
@@ -432,7 +432,7 @@ static void check_foreign_values(const char *name)
 
         /* A commit repairs a corrupt record. */
         ks_offset_commit_t it = item("t", 4, 40, -1, "");
-        CHECK_EQ_INT(ks_offsets_commit(be.kv, "g", &it, 1), 0);
+        CHECK_EQ_INT(ks_offsets_commit(be.kv, "g", &it, 1, NULL), 0);
         REQUIRE_EQ_INT(ks_offsets_fetch(be.kv, "g", "t", &l), 0);
         const ks_offset_entry_t *e = ks_offset_list_find(&l, KS_STR("t"), 4);
         REQUIRE(e != NULL);
@@ -453,18 +453,18 @@ static void check_delete(const char *name)
         backend_t be;
         REQUIRE(backend_open(&be, name));
         ks_offset_commit_t items[] = { item("t", 0, 1, -1, ""), item("t", 1, 2, -1, ""), item("u", 0, 3, -1, "") };
-        CHECK_EQ_INT(ks_offsets_commit(be.kv, "g1", items, 3), 0);
-        CHECK_EQ_INT(ks_offsets_commit(be.kv, "g2", items, 3), 0);
+        CHECK_EQ_INT(ks_offsets_commit(be.kv, "g1", items, 3, NULL), 0);
+        CHECK_EQ_INT(ks_offsets_commit(be.kv, "g2", items, 3, NULL), 0);
         /* "g1x" shares a prefix with "g1" and must survive. */
-        CHECK_EQ_INT(ks_offsets_commit(be.kv, "g1x", items, 1), 0);
+        CHECK_EQ_INT(ks_offsets_commit(be.kv, "g1x", items, 1, NULL), 0);
         put_raw(be.kv, "/kafscale/consumers/g1/metadata", "protobuf");
         CHECK(ks_offsets_group_has_any(be.kv, "g1"));
         CHECK(!ks_offsets_group_has_any(be.kv, "nobody"));
         CHECK(!ks_offsets_group_has_any(be.kv, "bad/group"));
 
         /* One partition. */
-        CHECK_EQ_INT(ks_offsets_delete(be.kv, "g1", "t", 1), 0);
-        CHECK_EQ_INT(ks_offsets_delete(be.kv, "g1", "t", 7), 0); /* nothing there: fine */
+        CHECK_EQ_INT(ks_offsets_delete(be.kv, "g1", "t", 1, NULL), 0);
+        CHECK_EQ_INT(ks_offsets_delete(be.kv, "g1", "t", 7, NULL), 0); /* nothing there: fine */
         ks_offset_list_t l;
         REQUIRE_EQ_INT(ks_offsets_fetch(be.kv, "g1", NULL, &l), 0);
         CHECK_EQ_INT(l.count, 2);
@@ -473,15 +473,15 @@ static void check_delete(const char *name)
 
         /* The whole group: its offsets go, its metadata record and the
          * other groups stay. */
-        CHECK_EQ_INT(ks_offsets_delete_group(be.kv, "g1"), 0);
+        CHECK_EQ_INT(ks_offsets_delete_group(be.kv, "g1", NULL), 0);
         CHECK(!ks_offsets_group_has_any(be.kv, "g1"));
         CHECK_EQ_INT(count_keys(be.kv, "/kafscale/consumers/g1/"), 1);
         CHECK_EQ_INT(count_keys(be.kv, "/kafscale/consumers/g2/offsets/"), 3);
         CHECK_EQ_INT(count_keys(be.kv, "/kafscale/consumers/g1x/offsets/"), 1);
-        CHECK_EQ_INT(ks_offsets_delete_group(be.kv, "g1"), 0); /* again: nothing to delete */
-        CHECK_EQ_INT(ks_offsets_delete_group(be.kv, "a/b"), KS_ERR__INVALID_ARG);
-        CHECK_EQ_INT(ks_offsets_delete(be.kv, "g2", "a/b", 0), KS_ERR__INVALID_ARG);
-        CHECK_EQ_INT(ks_offsets_delete(be.kv, "g2", "t", -1), KS_ERR__INVALID_ARG);
+        CHECK_EQ_INT(ks_offsets_delete_group(be.kv, "g1", NULL), 0); /* again: nothing to delete */
+        CHECK_EQ_INT(ks_offsets_delete_group(be.kv, "a/b", NULL), KS_ERR__INVALID_ARG);
+        CHECK_EQ_INT(ks_offsets_delete(be.kv, "g2", "a/b", 0, NULL), KS_ERR__INVALID_ARG);
+        CHECK_EQ_INT(ks_offsets_delete(be.kv, "g2", "t", -1, NULL), KS_ERR__INVALID_ARG);
         backend_close(&be);
 }
 
@@ -499,7 +499,7 @@ static void check_delete_topic(const char *name)
                                        item("t-a", 0, 4, -1, "") };
         const char *groups[] = { "a", "b", "b-c", "d" };
         for (int i = 0; i < 4; i++)
-                CHECK_EQ_INT(ks_offsets_commit(be.kv, groups[i], items, i == 3 ? 1 : 4), 0);
+                CHECK_EQ_INT(ks_offsets_commit(be.kv, groups[i], items, i == 3 ? 1 : 4, NULL), 0);
         put_raw(be.kv, "/kafscale/consumers/a/metadata", "protobuf");
         reset_counts(&be);
         CHECK_EQ_INT(ks_offsets_delete_topic(be.kv, "t"), 0);
@@ -535,7 +535,7 @@ static void check_chunking(const char *name)
         REQUIRE(items != NULL);
         for (int i = 0; i < N; i++)
                 items[i] = item(i % 2 ? "odd" : "even", i, 1000 + i, i, "md");
-        CHECK_EQ_INT(ks_offsets_commit(be.kv, "big", items, N), 0);
+        CHECK_EQ_INT(ks_offsets_commit(be.kv, "big", items, N, NULL), 0);
         CHECK_EQ_INT(be.c.txns, 3); /* 128 + 128 + 44 */
         CHECK_EQ_INT(be.c.max_ops, KS_OFFSETS_TXN_MAX_OPS);
         ks_offset_list_t l;
@@ -555,7 +555,7 @@ static void check_chunking(const char *name)
         for (int i = 0; i < 200; i++)
                 items[i].metadata = (ks_str_t){ md, (int32_t)sizeof(md) };
         reset_counts(&be);
-        CHECK_EQ_INT(ks_offsets_commit(be.kv, "big", items, 200), 0);
+        CHECK_EQ_INT(ks_offsets_commit(be.kv, "big", items, 200, NULL), 0);
         CHECK(be.c.txns >= 2);
         CHECK(be.c.max_bytes <= KS_OFFSETS_TXN_MAX_BYTES);
         CHECK(be.c.max_ops <= KS_OFFSETS_TXN_MAX_OPS);
@@ -586,11 +586,11 @@ static void check_bad_names(const char *name)
         ks_offset_list_t l;
         for (size_t i = 0; i < sizeof(bad_groups) / sizeof(bad_groups[0]); i++) {
                 CHECK(ks_offsets_group_invalid(ks_str_c(bad_groups[i])) != NULL);
-                CHECK_EQ_INT(ks_offsets_commit(be.kv, bad_groups[i], &ok, 1), KS_ERR__INVALID_ARG);
+                CHECK_EQ_INT(ks_offsets_commit(be.kv, bad_groups[i], &ok, 1, NULL), KS_ERR__INVALID_ARG);
                 CHECK_EQ_INT(ks_offsets_fetch(be.kv, bad_groups[i], NULL, &l), KS_ERR__INVALID_ARG);
                 ks_offset_list_free(&l);
         }
-        CHECK_EQ_INT(ks_offsets_commit(be.kv, NULL, &ok, 1), KS_ERR__INVALID_ARG);
+        CHECK_EQ_INT(ks_offsets_commit(be.kv, NULL, &ok, 1, NULL), KS_ERR__INVALID_ARG);
         /* An embedded NUL (possible on the wire). */
         CHECK(ks_offsets_group_invalid((ks_str_t){ "a\0b", 3 }) != NULL);
         CHECK(ks_offsets_group_invalid(KS_STR_NULL) != NULL);
@@ -601,7 +601,7 @@ static void check_bad_names(const char *name)
                                       "\xf0\x9f\x98\x80", long_group };
         for (size_t i = 0; i < sizeof(good_groups) / sizeof(good_groups[0]); i++) {
                 CHECK(ks_offsets_group_invalid(ks_str_c(good_groups[i])) == NULL);
-                CHECK_EQ_INT(ks_offsets_commit(be.kv, good_groups[i], &ok, 1), 0);
+                CHECK_EQ_INT(ks_offsets_commit(be.kv, good_groups[i], &ok, 1, NULL), 0);
                 REQUIRE_EQ_INT(ks_offsets_fetch(be.kv, good_groups[i], NULL, &l), 0);
                 CHECK_EQ_INT(l.count, 1);
                 ks_offset_list_free(&l);
@@ -612,17 +612,17 @@ static void check_bad_names(const char *name)
         const char *bad_topics[] = { "", "a/b", ".", "..", "sp ace", "x\xc3\xa9" };
         for (size_t i = 0; i < sizeof(bad_topics) / sizeof(bad_topics[0]); i++) {
                 ks_offset_commit_t two[] = { item("fine", 0, 1, -1, ""), item(bad_topics[i], 0, 1, -1, "") };
-                CHECK_EQ_INT(ks_offsets_commit(be.kv, "h", two, 2), KS_ERR__INVALID_ARG);
+                CHECK_EQ_INT(ks_offsets_commit(be.kv, "h", two, 2, NULL), KS_ERR__INVALID_ARG);
                 CHECK_EQ_INT(ks_offsets_fetch(be.kv, "h", bad_topics[i], &l), KS_ERR__INVALID_ARG);
                 ks_offset_list_free(&l);
         }
         ks_offset_commit_t neg[] = { item("fine", 0, 1, -1, ""), item("fine", -1, 1, -1, "") };
-        CHECK_EQ_INT(ks_offsets_commit(be.kv, "h", neg, 2), KS_ERR__INVALID_ARG);
+        CHECK_EQ_INT(ks_offsets_commit(be.kv, "h", neg, 2, NULL), KS_ERR__INVALID_ARG);
         ks_offset_commit_t huge = item("fine", 0, 1, -1, "");
         huge.metadata = (ks_str_t){ "x", 40000 };
-        CHECK_EQ_INT(ks_offsets_commit(be.kv, "h", &huge, 1), KS_ERR__INVALID_ARG);
+        CHECK_EQ_INT(ks_offsets_commit(be.kv, "h", &huge, 1, NULL), KS_ERR__INVALID_ARG);
         CHECK_EQ_INT(count_keys(be.kv, "/kafscale/consumers/"), before);
-        CHECK_EQ_INT(ks_offsets_commit(be.kv, "h", NULL, 0), 0); /* nothing to do */
+        CHECK_EQ_INT(ks_offsets_commit(be.kv, "h", NULL, 0, NULL), 0); /* nothing to do */
         backend_close(&be);
 }
 
