@@ -178,6 +178,7 @@ void ks_handle_incremental_alter_configs(ks_broker_t *b, ks_req_t *req);
 void ks_handle_create_partitions(ks_broker_t *b, ks_req_t *req);
 void ks_handle_describe_groups(ks_broker_t *b, ks_req_t *req);
 void ks_handle_delete_groups(ks_broker_t *b, ks_req_t *req);
+void ks_handle_init_producer_id(ks_broker_t *b, ks_req_t *req);
 
 /* Builds the ApiVersions response body into `resp` (arena-allocated arrays). */
 void ks_api_versions_fill(ks_req_t *req, void *resp);

@@ -46,13 +46,21 @@ const ks_handler_t ks_handlers[] = {
         { KS_API_CREATE_TOPICS, 0, 7, ks_handle_create_topics, 0 },
         { KS_API_DELETE_TOPICS, 0, 6, ks_handle_delete_topics, 0 },
         { KS_API_DESCRIBE_CLUSTER, 0, 1, ks_handle_describe_cluster, 0 },
+        { KS_API_INIT_PRODUCER_ID, 0, 5, ks_handle_init_producer_id, 0 },
 };
 const int ks_handlers_count = (int)(sizeof(ks_handlers) / sizeof(ks_handlers[0]));
 
-/* Ops APIs of the seed specification (and InitProducerId) not served yet:
- * advertised with MinVersion = MaxVersion = -1 so tools can tell. */
+/* APIs deferred (DeleteRecords, OffsetDelete) or out of scope
+ * (transactions): advertised with MinVersion = MaxVersion = -1 so tools can
+ * tell. */
 const int16_t ks_unsupported_apis[] = {
-        KS_API_INIT_PRODUCER_ID,
+        KS_API_DELETE_RECORDS,
+        24, /* AddPartitionsToTxn */
+        25, /* AddOffsetsToTxn */
+        26, /* EndTxn */
+        27, /* WriteTxnMarkers */
+        28, /* TxnOffsetCommit */
+        KS_API_OFFSET_DELETE,
 };
 const int ks_unsupported_apis_count = (int)(sizeof(ks_unsupported_apis) / sizeof(ks_unsupported_apis[0]));
 

@@ -195,7 +195,9 @@ static void fill_coordinator(ks_broker_t *b, ks_req_t *req, int8_t key_type, ks_
         *port = -1;
         *msg = KS_STR_NULL;
         if (key_type == KEY_TYPE_TRANSACTION) {
-                *err = KS_ERR_INVALID_REQUEST;
+                /* Fatal for the client at once (not retried), with this
+                 * message: transactions are out of scope. */
+                *err = KS_ERR_TRANSACTIONAL_ID_AUTHORIZATION_FAILED;
                 *msg = KS_STR("Transactions are not supported by this broker.");
                 return;
         }

@@ -179,12 +179,17 @@ void ks_handle_produce(ks_broker_t *b, ks_req_t *req)
                                 err = ks_partition_append(p, (uint8_t *)pd->Records.ptr, (size_t)pd->Records.len,
                                                           infos, nb, &base, ctx->loop,
                                                           acks0 ? NULL : produce_durable, &slots[s]);
-                                if (!err) {
+                                bool retry = err == KS_ERR__EXISTS; /* an idempotent producer's retry */
+                                if (retry)
+                                        err = 0;
+                                if (!err && !retry) {
                                         int64_t records = 0;
                                         for (int k = 0; k < nb; k++)
                                                 records += infos[k].records_count;
                                         ks_metric_add(ks_std_metrics.produce_records, 0, records);
                                         ks_metric_add(ks_std_metrics.produce_bytes, 0, pd->Records.len);
+                                }
+                                if (!err) {
                                         ks_partition_offsets_t po;
                                         ks_partition_offsets(p, &po);
                                         pr->LogStartOffset = po.log_start;

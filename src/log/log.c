@@ -22,6 +22,7 @@
  * written.
  */
 #include "log/log.h"
+#include "log/producers.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -100,6 +101,7 @@ struct ks_partition {
         int32_t leader_epoch; /* epoch new records are written at (0 until ownership says otherwise) */
         ks_epoch_entry_t *history; /* leader-epoch history as last loaded (malloc'ed; nhistory >= 1) */
         int nhistory;
+        ks_producers_t producers; /* idempotent producers: checked and updated at append */
         int64_t retention_ms;    /* -1: unlimited */
         int64_t retention_bytes; /* -1: unlimited */
         seg_t *segs;
@@ -426,6 +428,7 @@ static void partition_free(ks_partition_t *p)
                 segdata_unref(p->segs[i].data);
         free(p->segs);
         free(p->history);
+        ks_producers_clear(&p->producers);
         segdata_unref(p->active);
         segdata_unref(p->flushing);
         drop_sealed(p);
@@ -462,6 +465,8 @@ static int64_t flush_target(const ks_log_t *log, const ks_topic_t *t)
                                                                                  : log->cfg.segment_bytes;
 }
 
+static void producers_rebuild(ks_partition_t *p, const ks_partition_meta_t *pm);
+
 /* Replaces p's epoch history with the loaded one; p->lock held or p not
  * yet shared.  0, or -1 if memory ran out (p unchanged). */
 static int history_set(ks_partition_t *p, const ks_partition_meta_t *pm)
@@ -490,7 +495,7 @@ static ks_err_t partition_load(ks_log_t *log, const ks_topic_t *t, int32_t index
                 return err;
         ks_partition_t *p = calloc(1, sizeof(*p));
         if (!p) {
-                free(pm.segs);
+                ks_partition_meta_free(&pm);
                 return KS_ERR__NOMEM;
         }
         p->log = log;
@@ -503,8 +508,9 @@ static ks_err_t partition_load(ks_log_t *log, const ks_topic_t *t, int32_t index
         p->hwm = p->next = pm.next_offset;
         p->serving = !log->cfg.owned_only;
         p->leader_epoch = pm.leader_epoch;
+        producers_rebuild(p, &pm);
         if (history_set(p, &pm) != 0) {
-                free(pm.segs);
+                ks_partition_meta_free(&pm);
                 partition_free(p);
                 return KS_ERR__NOMEM;
         }
@@ -515,14 +521,14 @@ static ks_err_t partition_load(ks_log_t *log, const ks_topic_t *t, int32_t index
         p->segcap = pm.nsegs > 8 ? pm.nsegs : 8;
         p->segs = calloc((size_t)p->segcap, sizeof(*p->segs));
         if (!p->segs) {
-                free(pm.segs);
+                ks_partition_meta_free(&pm);
                 partition_free(p);
                 return KS_ERR__NOMEM;
         }
         for (int i = 0; i < pm.nsegs; i++)
                 p->segs[i].m = pm.segs[i];
         p->nsegs = pm.nsegs;
-        free(pm.segs);
+        ks_partition_meta_free(&pm);
         *out = p;
         return 0;
 }
@@ -795,6 +801,9 @@ static void give_up_buffered_locked(ks_partition_t *p, produce_waiter_t **pw, ks
         segdata_unref(p->active);
         p->active = NULL;
         p->next = p->hwm;
+        /* It may name offsets just dropped: rebuilt when ownership is
+         * taken again. */
+        ks_producers_clear(&p->producers);
         *pw = p->pwait_head;
         p->pwait_head = p->pwait_tail = NULL;
         *fw = take_fetch_waiters(p);
@@ -847,6 +856,78 @@ static ks_err_t put_segment(ks_log_t *log, ks_partition_t *p, segdata_t *d, ks_s
         return err;
 }
 
+/* The SegmentInfo.producers of a chunk: per idempotent producer, its epoch
+ * and last (at most five) batches in it.  malloc'ed into *out (NULL when
+ * there are none); the count, or -1 if memory ran out. */
+static int chunk_producers(const segdata_t *d, ks_seg_producer_t **out)
+{
+        *out = NULL;
+        ks_seg_producer_t *v = NULL;
+        int n = 0, cap = 0;
+        for (int i = 0; i < d->nb; i++) {
+                ks_batch_info_t bi;
+                if (ks_batch_header_parse(d->buf + d->b[i].pos, d->b[i].size, &bi) != 0 || bi.producer_id < 0)
+                        continue;
+                ks_seg_producer_t *e = NULL;
+                for (int j = n - 1; j >= 0 && !e; j--)
+                        if (v[j].id == bi.producer_id)
+                                e = &v[j];
+                if (!e) {
+                        if (n == cap) {
+                                int nc = cap ? cap * 2 : 4;
+                                ks_seg_producer_t *nv = realloc(v, (size_t)nc * sizeof(*nv));
+                                if (!nv) {
+                                        free(v);
+                                        return -1;
+                                }
+                                v = nv;
+                                cap = nc;
+                        }
+                        e = &v[n++];
+                        memset(e, 0, sizeof(*e));
+                        e->id = bi.producer_id;
+                        e->epoch = bi.producer_epoch;
+                }
+                if (bi.producer_epoch != e->epoch) {
+                        e->epoch = bi.producer_epoch; /* a newer epoch: its batches only */
+                        e->nbatches = 0;
+                }
+                if (e->nbatches == KS_SEG_PRODUCER_BATCHES) {
+                        memmove(&e->batches[0], &e->batches[1], (KS_SEG_PRODUCER_BATCHES - 1) * sizeof(e->batches[0]));
+                        e->nbatches--;
+                }
+                e->batches[e->nbatches].first_seq = bi.base_sequence;
+                e->batches[e->nbatches].last_seq = ks_pseq_last(bi.base_sequence, bi.records_count);
+                e->batches[e->nbatches].first_offset = d->b[i].base;
+                e->batches[e->nbatches].last_offset = d->b[i].last;
+                e->nbatches++;
+        }
+        *out = v;
+        return n;
+}
+
+/* Rebuilds p's producer state from the producers recorded with its
+ * segments (oldest first); those of segments older than the producer
+ * expiration are skipped.  p->lock held or p not shared. */
+static void producers_rebuild(ks_partition_t *p, const ks_partition_meta_t *pm)
+{
+        ks_producers_clear(&p->producers);
+        int64_t horizon = ks_clock_wall_ms(ks_clock_system()) - KS_PRODUCER_EXPIRATION_MS;
+        for (int i = 0; i < pm->nproducers; i++) {
+                const ks_seg_producer_t *e = &pm->producers[i];
+                if (e->seg_created_ms < horizon)
+                        continue;
+                ks_producer_t *st = ks_producers_upsert(&p->producers, e->id);
+                if (!st)
+                        break; /* out of memory: duplicates of these producers go undetected */
+                for (int j = 0; j < e->nbatches; j++) {
+                        ks_pbatch_t b = { e->batches[j].first_seq, e->batches[j].last_seq, e->batches[j].first_offset,
+                                          e->batches[j].last_offset };
+                        ks_producer_apply(st, e->epoch, &b, e->seg_created_ms);
+                }
+        }
+}
+
 static void upload_job(void *arg)
 {
         ks_partition_t *p = arg;
@@ -856,6 +937,14 @@ static void upload_job(void *arg)
         ks_seg_meta_t m;
         memset(&m, 0, sizeof(m));
         ks_err_t err = put_segment(log, p, d, &m);
+        ks_seg_producer_t *prods = NULL;
+        if (!err) {
+                int n = chunk_producers(d, &prods);
+                if (n < 0)
+                        err = KS_ERR__NOMEM;
+                m.producers = prods;
+                m.nproducers = n > 0 ? n : 0;
+        }
         if (!err)
         {
                 ks_kv_cmp_t fence;
@@ -867,6 +956,9 @@ static void upload_job(void *arg)
                 err = ks_meta_partition_commit(log->meta, p->topic, p->index, d->base, &m,
                                                fenced ? &fence : NULL);
         }
+        free(prods);
+        m.producers = NULL; /* not kept in the manifest */
+        m.nproducers = 0;
 
         pthread_mutex_lock(&p->lock);
         produce_waiter_t *pw = NULL;
@@ -951,6 +1043,97 @@ static void upload_job(void *arg)
 /* ------------------------------------------------------------------------ */
 /* Produce                                                                   */
 
+/* Checks the idempotent batches of one append (those with a producer id)
+ * against p's producer state, as if appended at offsets from p->next on,
+ * and records them if all pass.  0: append them; KS_ERR__EXISTS: the first
+ * batch repeats one already appended (*dup), append nothing; otherwise the
+ * Kafka error (INVALID_PRODUCER_EPOCH, OUT_OF_ORDER_SEQUENCE_NUMBER,
+ * DUPLICATE_SEQUENCE_NUMBER for a repeat after other batches), nothing
+ * appended and the state unchanged.  p->lock held. */
+static ks_err_t producers_admit(ks_partition_t *p, const ks_batch_info_t *infos, int n, ks_pbatch_t *dup)
+{
+        int idem = 0;
+        for (int i = 0; i < n; i++)
+                idem += infos[i].producer_id >= 0;
+        if (idem == 0)
+                return 0;
+        int64_t now = ks_clock_wall_ms(ks_clock_system());
+        /* Entries for every producer first (creating one never moves an
+         * entry created just before it out: it is the most recent), then
+         * working copies, so a rejected append changes nothing. */
+        for (int i = 0; i < n; i++) {
+                if (infos[i].producer_id < 0)
+                        continue;
+                ks_producer_t *e = ks_producers_upsert(&p->producers, infos[i].producer_id);
+                if (!e)
+                        return KS_ERR__NOMEM;
+                if (e->last_ms < now && e->epoch < 0)
+                        e->last_ms = now;
+        }
+        ks_producer_t stackw[4];
+        ks_producer_t *work = idem <= 4 ? stackw : malloc((size_t)idem * sizeof(*work));
+        if (!work)
+                return KS_ERR__NOMEM;
+        int nwork = 0;
+        ks_err_t err = 0;
+        char msg[256];
+        int64_t off = p->next;
+        for (int i = 0; i < n && !err; i++) {
+                const ks_batch_info_t *bi = &infos[i];
+                int64_t first = off, last = off + bi->last_offset_delta;
+                off = last + 1;
+                if (bi->producer_id < 0)
+                        continue;
+                ks_producer_t *w = NULL;
+                for (int j = 0; j < nwork && !w; j++)
+                        if (work[j].id == bi->producer_id)
+                                w = &work[j];
+                if (!w) {
+                        w = &work[nwork++];
+                        *w = *ks_producers_get(&p->producers, bi->producer_id);
+                }
+                int32_t last_seq = ks_pseq_last(bi->base_sequence, bi->records_count);
+                ks_pbatch_t d;
+                err = ks_producer_check(w, bi->producer_epoch, bi->base_sequence, last_seq, &d, msg, sizeof(msg));
+                if (err == KS_ERR__EXISTS) {
+                        if (i == 0)
+                                *dup = d;
+                        else
+                                err = KS_ERR_DUPLICATE_SEQUENCE_NUMBER;
+                        ks_log_debug("produce_retry_recognised", "topic=%s partition=%d producer_id=%lld epoch=%d "
+                                     "first_sequence=%d offset=%lld",
+                                     p->topic, p->index, (long long)bi->producer_id, bi->producer_epoch,
+                                     bi->base_sequence, (long long)d.first_offset);
+                } else if (err) {
+                        ks_log_debug("produce_sequence_rejected", "topic=%s partition=%d producer_id=%lld err=%s "
+                                     "msg=\"%s\"",
+                                     p->topic, p->index, (long long)bi->producer_id, ks_err_name(err), msg);
+                } else {
+                        ks_pbatch_t b = { bi->base_sequence, last_seq, first, last };
+                        ks_producer_apply(w, bi->producer_epoch, &b, now);
+                }
+        }
+        if (!err)
+                for (int j = 0; j < nwork; j++)
+                        *ks_producers_get(&p->producers, work[j].id) = work[j];
+        if (work != stackw)
+                free(work);
+        return err;
+}
+
+/* Adds a produce waiter in threshold order (the list is ascending);
+ * p->lock held. */
+static void pwait_insert_locked(ks_partition_t *p, produce_waiter_t *w)
+{
+        produce_waiter_t **at = &p->pwait_head;
+        while (*at && (*at)->threshold <= w->threshold)
+                at = &(*at)->next;
+        w->next = *at;
+        *at = w;
+        if (!w->next)
+                p->pwait_tail = w;
+}
+
 ks_err_t ks_partition_append(ks_partition_t *p, uint8_t *buf, size_t len, const ks_batch_info_t *infos, int nbatches,
                              int64_t *base_offset, ks_loop_t *loop, ks_produce_done_fn *done, void *opaque)
 {
@@ -979,6 +1162,26 @@ ks_err_t ks_partition_append(ks_partition_t *p, uint8_t *buf, size_t len, const 
                 err = KS_ERR__NOMEM;
         } else if (p->active->nb == 0) {
                 p->active->epoch = p->leader_epoch;
+        }
+        ks_pbatch_t dup;
+        if (!err)
+                err = producers_admit(p, infos, nbatches, &dup);
+        if (err == KS_ERR__EXISTS) {
+                /* A retry of batches already appended: answered with their
+                 * offsets once those are durable. */
+                *base_offset = dup.first_offset;
+                produce_waiter_t *now = NULL;
+                if (w) {
+                        w->threshold = dup.last_offset + 1;
+                        if (w->threshold <= p->hwm)
+                                now = w;
+                        else
+                                pwait_insert_locked(p, w);
+                        w = NULL;
+                }
+                pthread_mutex_unlock(&p->lock);
+                deliver(now, 0, NULL);
+                return KS_ERR__EXISTS;
         }
         bool first = false;
         if (!err) {
@@ -1625,7 +1828,7 @@ ks_err_t ks_partition_take_ownership(ks_partition_t *p, int32_t epoch)
         if (!segs || !hist) {
                 free(segs);
                 free(hist);
-                free(pm.segs);
+                ks_partition_meta_free(&pm);
                 return KS_ERR__NOMEM;
         }
         for (int i = 0; i < pm.nsegs; i++)
@@ -1648,11 +1851,12 @@ ks_err_t ks_partition_take_ownership(ks_partition_t *p, int32_t epoch)
         free(p->history);
         p->history = hist;
         p->nhistory = pm.nhistory;
+        producers_rebuild(p, &pm);
         p->failures = 0;
         p->storage_failing = false;
         p->serving = true;
         pthread_mutex_unlock(&p->lock);
-        free(pm.segs);
+        ks_partition_meta_free(&pm);
         ks_log_info("partition_serving", "topic=%s partition=%d leader_epoch=%d next_offset=%lld", p->topic,
                     p->index, epoch, (long long)pm.next_offset);
         return 0;

@@ -171,9 +171,16 @@ typedef void(ks_produce_done_fn)(void *opaque, ks_err_t err);
 /* Appends validated batches (`buf` holds `nbatches` whole v2 batches; the
  * buffer is borrowed: it is copied).  On success *base_offset is the offset
  * of the first record.  If `done` is non-NULL, it is called on `loop` once
- * the batches are durable or failed.  Errors (nothing appended):
- * KS_ERR_KAFKA_STORAGE_ERROR while storage is failing or the buffer is
- * full, KS_ERR_UNKNOWN_TOPIC_OR_PARTITION if the topic is being deleted. */
+ * the batches are durable or failed.  Batches of idempotent producers are
+ * checked against the partition's producer state first (log/producers.h).
+ * KS_ERR__EXISTS: the batches repeat ones already appended (a producer's
+ * retry): nothing is appended, *base_offset is where they were, and `done`
+ * is called once those are durable, as for an append.  Errors (nothing
+ * appended): KS_ERR_KAFKA_STORAGE_ERROR while storage is failing or the
+ * buffer is full, KS_ERR_UNKNOWN_TOPIC_OR_PARTITION if the topic is being
+ * deleted, KS_ERR_NOT_LEADER_OR_FOLLOWER if not served here,
+ * KS_ERR_INVALID_PRODUCER_EPOCH / KS_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER /
+ * KS_ERR_DUPLICATE_SEQUENCE_NUMBER from the producer checks. */
 ks_err_t ks_partition_append(ks_partition_t *p, uint8_t *buf, size_t len, const ks_batch_info_t *infos, int nbatches,
                              int64_t *base_offset, ks_loop_t *loop, ks_produce_done_fn *done, void *opaque);
 

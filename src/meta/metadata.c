@@ -864,6 +864,52 @@ static int seg_cmp(const void *a, const void *b)
         return x->base_offset < y->base_offset ? -1 : x->base_offset > y->base_offset;
 }
 
+/* Appends a segment's producer records to out->producers.  Records that
+ * could not have been written by a broker (more batches than kept,
+ * sequences or offsets out of order) make the segment record corrupt. */
+static ks_err_t producers_decode(const Kafscale__Metadata__SegmentInfo *si, int64_t created_ms,
+                                 ks_partition_meta_t *out)
+{
+        if (si->n_producers == 0)
+                return 0;
+        ks_seg_producer_t *v = realloc(out->producers, (size_t)(out->nproducers + (int)si->n_producers) * sizeof(*v));
+        if (!v)
+                return KS_ERR__NOMEM;
+        out->producers = v;
+        for (size_t i = 0; i < si->n_producers; i++) {
+                const Kafscale__Metadata__ProducerBatches *pb = si->producers[i];
+                if (pb->n_batches == 0 || pb->n_batches > KS_SEG_PRODUCER_BATCHES || pb->producer_id < 0 ||
+                    pb->producer_epoch < 0 || pb->producer_epoch > INT16_MAX)
+                        return KS_ERR__CORRUPT;
+                ks_seg_producer_t *e = &out->producers[out->nproducers];
+                memset(e, 0, sizeof(*e));
+                e->id = pb->producer_id;
+                e->epoch = (int16_t)pb->producer_epoch;
+                e->seg_base = si->base_offset;
+                e->seg_created_ms = created_ms;
+                for (size_t j = 0; j < pb->n_batches; j++) {
+                        const Kafscale__Metadata__ProducerBatch *b = pb->batches[j];
+                        if (b->first_offset < si->base_offset || b->last_offset < b->first_offset ||
+                            b->last_offset > si->last_offset ||
+                            (j > 0 && b->first_offset <= e->batches[j - 1].last_offset))
+                                return KS_ERR__CORRUPT;
+                        e->batches[j].first_seq = b->first_sequence;
+                        e->batches[j].last_seq = b->last_sequence;
+                        e->batches[j].first_offset = b->first_offset;
+                        e->batches[j].last_offset = b->last_offset;
+                }
+                e->nbatches = (int)pb->n_batches;
+                out->nproducers++;
+        }
+        return 0;
+}
+
+static int seg_producer_cmp(const void *a, const void *b)
+{
+        const ks_seg_producer_t *x = a, *y = b;
+        return x->seg_base < y->seg_base ? -1 : x->seg_base > y->seg_base;
+}
+
 /* The leader epoch and epoch history of a PartitionState record into
  * *out.  Entries that break the order (epochs and start offsets ascending)
  * make the record corrupt: an answer built on them would mislead clients. */
@@ -893,6 +939,15 @@ static ks_err_t partition_state_history(const uint8_t *buf, size_t len, ks_parti
                              ps->topic ? ps->topic : "", ps->partition);
         kafscale__metadata__partition_state__free_unpacked(ps, NULL);
         return err;
+}
+
+void ks_partition_meta_free(ks_partition_meta_t *pm)
+{
+        free(pm->segs);
+        free(pm->producers);
+        pm->segs = NULL;
+        pm->producers = NULL;
+        pm->nsegs = pm->nproducers = 0;
 }
 
 ks_err_t ks_meta_partition_load(ks_meta_t *m, const char *topic, int32_t partition, ks_partition_meta_t *out)
@@ -949,11 +1004,14 @@ ks_err_t ks_meta_partition_load(ks_meta_t *m, const char *topic, int32_t partiti
                 s->record_count = si->record_count;
                 s->leader_epoch = si->leader_epoch;
                 s->created_at_ms = parse_rfc3339_ms(si->created_at);
+                err = producers_decode(si, s->created_at_ms, out);
                 kafscale__metadata__segment_info__free_unpacked(si, NULL);
         }
         ks_kv_result_free(&res);
         if (!err && !have_next)
                 err = KS_ERR__NOT_FOUND;
+        if (!err && out->nproducers > 1)
+                qsort(out->producers, (size_t)out->nproducers, sizeof(*out->producers), seg_producer_cmp);
         if (!err && out->nhistory == 0) {
                 out->history[0] = (ks_epoch_entry_t){ out->leader_epoch, 0 };
                 out->nhistory = 1;
@@ -963,6 +1021,7 @@ ks_err_t ks_meta_partition_load(ks_meta_t *m, const char *topic, int32_t partiti
                         ks_log_error("partition_load_failed", "topic=%s partition=%d err=%s", topic, partition,
                                      ks_err_name(err));
                 free(out->segs);
+                free(out->producers);
                 memset(out, 0, sizeof(*out));
                 return err;
         }
@@ -979,6 +1038,7 @@ ks_err_t ks_meta_partition_load(ks_meta_t *m, const char *topic, int32_t partiti
                                      topic, partition, (long long)s->base_offset, (long long)s->last_offset,
                                      (long long)out->next_offset);
                         free(out->segs);
+                        free(out->producers);
                         memset(out, 0, sizeof(*out));
                         return KS_ERR__CORRUPT;
                 }
@@ -1054,6 +1114,62 @@ static bool commit_already_applied(ks_meta_t *m, const char *next_key, size_t nl
         return same_seg;
 }
 
+/* SegmentInfo.producers for packing: the messages and the pointer arrays
+ * protobuf-c wants, in one allocation each. */
+typedef struct producers_msg {
+        Kafscale__Metadata__ProducerBatches *pbs;
+        Kafscale__Metadata__ProducerBatches **ptrs;
+        Kafscale__Metadata__ProducerBatch *bs;
+        Kafscale__Metadata__ProducerBatch **bptrs;
+} producers_msg_t;
+
+static void producers_msg_free(producers_msg_t *pm)
+{
+        free(pm->pbs);
+        free(pm->ptrs);
+        free(pm->bs);
+        free(pm->bptrs);
+        memset(pm, 0, sizeof(*pm));
+}
+
+static int producers_msg_build(producers_msg_t *pm, const ks_seg_producer_t *v, int n)
+{
+        memset(pm, 0, sizeof(*pm));
+        if (n <= 0)
+                return 0;
+        size_t nb = 0;
+        for (int i = 0; i < n; i++)
+                nb += (size_t)v[i].nbatches;
+        pm->pbs = calloc((size_t)n, sizeof(*pm->pbs));
+        pm->ptrs = calloc((size_t)n, sizeof(*pm->ptrs));
+        pm->bs = calloc(nb ? nb : 1, sizeof(*pm->bs));
+        pm->bptrs = calloc(nb ? nb : 1, sizeof(*pm->bptrs));
+        if (!pm->pbs || !pm->ptrs || !pm->bs || !pm->bptrs) {
+                producers_msg_free(pm);
+                return -1;
+        }
+        size_t k = 0;
+        for (int i = 0; i < n; i++) {
+                Kafscale__Metadata__ProducerBatches *pb = &pm->pbs[i];
+                kafscale__metadata__producer_batches__init(pb);
+                pb->producer_id = v[i].id;
+                pb->producer_epoch = v[i].epoch;
+                pb->n_batches = (size_t)v[i].nbatches;
+                pb->batches = &pm->bptrs[k];
+                for (int j = 0; j < v[i].nbatches; j++, k++) {
+                        Kafscale__Metadata__ProducerBatch *b = &pm->bs[k];
+                        kafscale__metadata__producer_batch__init(b);
+                        b->first_sequence = v[i].batches[j].first_seq;
+                        b->last_sequence = v[i].batches[j].last_seq;
+                        b->first_offset = v[i].batches[j].first_offset;
+                        b->last_offset = v[i].batches[j].last_offset;
+                        pm->bptrs[k] = b;
+                }
+                pm->ptrs[i] = pb;
+        }
+        return 0;
+}
+
 ks_err_t ks_meta_partition_commit(ks_meta_t *m, const char *topic, int32_t partition, int64_t expect_next,
                                   const ks_seg_meta_t *seg, const ks_kv_cmp_t *fence)
 {
@@ -1075,11 +1191,19 @@ ks_err_t ks_meta_partition_commit(ks_meta_t *m, const char *topic, int32_t parti
         si.index_size_bytes = seg->index_size_bytes;
         si.record_count = seg->record_count;
         si.leader_epoch = seg->leader_epoch;
-        uint8_t sbuf[256];
+        producers_msg_t pm;
+        if (producers_msg_build(&pm, seg->producers, seg->nproducers) != 0)
+                return KS_ERR__NOMEM;
+        si.n_producers = (size_t)seg->nproducers;
+        si.producers = pm.ptrs;
         size_t sl = kafscale__metadata__segment_info__get_packed_size(&si);
-        if (sl > sizeof(sbuf))
-                return KS_ERR__INVALID_ARG;
+        uint8_t *sbuf = malloc(sl ? sl : 1);
+        if (!sbuf) {
+                producers_msg_free(&pm);
+                return KS_ERR__NOMEM;
+        }
         kafscale__metadata__segment_info__pack(&si, sbuf);
+        producers_msg_free(&pm);
 
         ks_kv_cmp_t cmps[2] = { { .key = next_key, .key_len = (size_t)nlen, .target = KS_KV_CMP_VALUE,
                                   .op = KS_KV_EQUAL, .value = expect, .value_len = (size_t)elen } };
@@ -1093,6 +1217,7 @@ ks_err_t ks_meta_partition_commit(ks_meta_t *m, const char *topic, int32_t parti
         };
         bool ok;
         ks_err_t err = ks_kv_txn(m->kv, cmps, ncmps, ops, 2, NULL, 0, &ok, NULL);
+        free(sbuf);
         if (err)
                 return err;
         if (ok)
@@ -1273,6 +1398,47 @@ static json_object *snapshot_build(ks_meta_t *m, const ks_snapshot_broker_t *bro
         json_object_object_add(root, "ClusterName", NULL);
         json_object_object_add(root, "ClusterID", json_object_new_string(m->cluster_id));
         return root;
+}
+
+ks_err_t ks_meta_producer_ids_reserve(ks_meta_t *m, int64_t count, int64_t *first)
+{
+        const size_t klen = sizeof(KS_PRODUCER_IDS_KEY) - 1;
+        if (count <= 0)
+                return KS_ERR__INVALID_ARG;
+        for (int attempt = 0; attempt < 16; attempt++) {
+                ks_kv_result_t res;
+                ks_err_t err = ks_kv_range(m->kv, KS_PRODUCER_IDS_KEY, klen, NULL, 0, &res);
+                if (err)
+                        return err;
+                int64_t next = 0, mod = 0;
+                if (res.count) {
+                        mod = res.kvs[0].mod_rev;
+                        if (parse_i64(res.kvs[0].value, res.kvs[0].value_len, &next) != 0 || next > INT64_MAX - count)
+                                err = KS_ERR__CORRUPT;
+                }
+                ks_kv_result_free(&res);
+                if (err) {
+                        ks_log_error("producer_ids_corrupt", "key=%s fix=\"put the next free producer id (a "
+                                     "decimal number above every id handed out) at the key\"",
+                                     KS_PRODUCER_IDS_KEY);
+                        return err;
+                }
+                char val[24];
+                int vlen = snprintf(val, sizeof(val), "%lld", (long long)(next + count));
+                const ks_kv_cmp_t cmp = { .key = KS_PRODUCER_IDS_KEY, .key_len = klen, .target = KS_KV_CMP_MOD,
+                                          .op = KS_KV_EQUAL, .number = mod };
+                const ks_kv_op_t put = { .type = KS_KV_OP_PUT, .key = KS_PRODUCER_IDS_KEY, .key_len = klen,
+                                         .value = val, .value_len = (size_t)vlen };
+                bool ok = false;
+                err = ks_kv_txn(m->kv, &cmp, 1, &put, 1, NULL, 0, &ok, NULL);
+                if (err)
+                        return err;
+                if (ok) {
+                        *first = next;
+                        return 0;
+                }
+        }
+        return KS_ERR__CONFLICT;
 }
 
 ks_err_t ks_meta_snapshot_write(ks_meta_t *m, const ks_snapshot_broker_t *brokers, int nbrokers,

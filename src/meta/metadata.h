@@ -157,6 +157,21 @@ ks_err_t ks_meta_snapshot_write(ks_meta_t *meta, const ks_snapshot_broker_t *bro
 
 /* --- partitions: committed end offset and segment manifest ------------------ */
 
+/* An idempotent producer's last batches within one segment
+ * (SegmentInfo.producers): what rebuilds the partition's producer state. */
+#define KS_SEG_PRODUCER_BATCHES 5
+typedef struct ks_seg_producer {
+        int64_t id;
+        int16_t epoch;
+        int nbatches;
+        struct {
+                int32_t first_seq, last_seq;
+                int64_t first_offset, last_offset;
+        } batches[KS_SEG_PRODUCER_BATCHES]; /* oldest first */
+        int64_t seg_base;    /* loaded: the segment it came from */
+        int64_t seg_created_ms;
+} ks_seg_producer_t;
+
 /* One durable segment of a partition (its .kfs and .index objects). */
 typedef struct ks_seg_meta {
         int64_t base_offset;
@@ -168,6 +183,10 @@ typedef struct ks_seg_meta {
         int64_t created_at_ms;
         int32_t record_count;
         int32_t leader_epoch;         /* the epoch it was written at: part of its object keys */
+        /* Commit only (NULL in a loaded manifest): the producers that wrote
+         * in it, stored with its record. */
+        const ks_seg_producer_t *producers;
+        int nproducers;
 } ks_seg_meta_t;
 
 /* One entry of a partition's leader-epoch history: leader epoch `epoch`
@@ -192,12 +211,19 @@ typedef struct ks_partition_meta {
         int32_t leader_epoch;
         ks_epoch_entry_t history[KS_EPOCH_HISTORY_MAX];
         int nhistory;
+        /* The producers recorded with the segments, in segment order
+         * (oldest first; malloc'ed, caller frees). */
+        ks_seg_producer_t *producers;
+        int nproducers;
 } ks_partition_meta_t;
 
 /* Reads the committed end offset, the segment manifest and the leader-epoch
  * history of one partition in one range read.  KS_ERR__NOT_FOUND if the
  * partition has no next-offset record.  BLOCKING. */
 ks_err_t ks_meta_partition_load(ks_meta_t *meta, const char *topic, int32_t partition, ks_partition_meta_t *out);
+
+/* Frees what ks_meta_partition_load allocated (segs, producers). */
+void ks_partition_meta_free(ks_partition_meta_t *pm);
 
 /* Gives a partition of an existing topic that has no next-offset record
  * (its topic was written by a tool that only knows the config record) an
@@ -220,6 +246,17 @@ ks_err_t ks_meta_partition_commit(ks_meta_t *meta, const char *topic, int32_t pa
 /* Removes segments from a partition's manifest (retention), in
  * transactions of at most KS_KV_TXN_MAX_OPS.  BLOCKING. */
 ks_err_t ks_meta_partition_trim(ks_meta_t *meta, const char *topic, int32_t partition, const int64_t *bases, int n);
+
+/* --- producer ids ------------------------------------------------------------------- */
+
+#define KS_PRODUCER_IDS_KEY "/kafscale/producer-ids/next" /* decimal: the next id never handed out */
+
+/* Reserves `count` producer ids for this broker, unique across every broker
+ * sharing the store: [*first, *first + count).  Compare-and-swap on
+ * KS_PRODUCER_IDS_KEY (absent: ids start at 0).  KS_ERR__CONFLICT if the
+ * key kept changing under contention; KS_ERR__CORRUPT if it does not hold a
+ * number.  BLOCKING. */
+ks_err_t ks_meta_producer_ids_reserve(ks_meta_t *meta, int64_t count, int64_t *first);
 
 /* --- consumer groups ------------------------------------------------------------ */
 

@@ -57,6 +57,8 @@ SYNC_GROUP = 14
 DESCRIBE_GROUPS = 15
 LIST_GROUPS = 16
 INIT_PRODUCER_ID = 22
+END_TXN = 26
+DELETE_RECORDS = 21
 DELETE_GROUPS = 42
 
 # First flexible version of each API encoded here (the JSON schemas).
@@ -620,8 +622,8 @@ def assert_topic_data_untouched(conn, topic, before, n=3):
 
 def test_api_versions_advertise_group_ops(broker, open_conn):
     """The seed's "ApiVersions Advertising": ListGroups 0-5, DescribeGroups
-    0-5, DeleteGroups 0-2 served; an unsupported API (InitProducerId:
-    transactions are out of scope) listed as -1/-1."""
+    0-5, DeleteGroups 0-2 served; unsupported APIs (EndTxn: transactions
+    are out of scope; DeleteRecords: deferred) listed as -1/-1."""
     c = open_conn()
     for v in (0, 3):
         r = c.call(kw.API_VERSIONS, v, kw.api_versions_body(v))
@@ -630,7 +632,9 @@ def test_api_versions_advertise_group_ops(broker, open_conn):
         assert keys.get(LIST_GROUPS) == (0, 5), (v, keys.get(LIST_GROUPS))
         assert keys.get(DESCRIBE_GROUPS) == (0, 5), (v, keys.get(DESCRIBE_GROUPS))
         assert keys.get(DELETE_GROUPS) == (0, 2), (v, keys.get(DELETE_GROUPS))
-        assert keys.get(INIT_PRODUCER_ID) == (-1, -1), (v, keys.get(INIT_PRODUCER_ID))
+        assert keys.get(INIT_PRODUCER_ID) == (0, 5), (v, keys.get(INIT_PRODUCER_ID))
+        assert keys.get(END_TXN) == (-1, -1), (v, keys.get(END_TXN))
+        assert keys.get(DELETE_RECORDS) == (-1, -1), (v, keys.get(DELETE_RECORDS))
 
 
 def test_api_versions_unsupported_version_answered_in_v0_body(broker, open_conn):

@@ -300,13 +300,13 @@ static void check_add_partitions(const char *backend)
                 REQUIRE_EQ_INT(ks_meta_partition_load(m, "grow", p, &pm), 0);
                 CHECK_EQ_INT(pm.next_offset, 0);
                 CHECK_EQ_INT(pm.nsegs, 0);
-                free(pm.segs);
+                ks_partition_meta_free(&pm);
         }
         ks_partition_meta_t pm;
         REQUIRE_EQ_INT(ks_meta_partition_load(m, "grow", 1, &pm), 0);
         CHECK_EQ_INT(pm.next_offset, 10);
         CHECK_EQ_INT(pm.nsegs, 1);
-        free(pm.segs);
+        ks_partition_meta_free(&pm);
         CHECK_EQ_INT(ks_meta_partition_load(m, "grow", 5, &pm), KS_ERR__NOT_FOUND);
 
         /* A grower that read the old count loses, writing nothing. */
@@ -330,7 +330,7 @@ static void check_add_partitions(const char *backend)
         CHECK_EQ_INT(got.retention_ms, 5000);
         REQUIRE_EQ_INT(ks_meta_partition_load(m, "grow", 4, &pm), 0);
         CHECK_EQ_INT(pm.next_offset, 0);
-        free(pm.segs);
+        ks_partition_meta_free(&pm);
 
         /* Deleting the grown topic removes every partition's keys. */
         REQUIRE_EQ_INT(ks_meta_topic_delete(m, "grow", NULL), 0);

@@ -412,7 +412,7 @@ TEST(log_retention_deletes_oldest_segments)
         REQUIRE_EQ_INT(ks_meta_partition_load(f.meta, "t", 0, &pm), 0);
         CHECK_EQ_INT(pm.nsegs, 2);
         CHECK_EQ_INT(pm.segs[0].base_offset, 30);
-        free(pm.segs);
+        ks_partition_meta_free(&pm);
 
         /* retention.ms: the records are from 2023, far older than a second. */
         f.topic.retention_bytes = -1;
@@ -541,7 +541,7 @@ TEST(log_segments_written_at_a_leader_epoch)
         REQUIRE_EQ_INT(pm.nsegs, 4);
         CHECK_EQ_INT(pm.segs[0].leader_epoch, 0);
         CHECK_EQ_INT(pm.segs[3].leader_epoch, 3);
-        free(pm.segs);
+        ks_partition_meta_free(&pm);
 
         /* Cold reads (no cache) after a restart find every segment, and the
          * batches of epoch 3 say so. */
@@ -666,7 +666,7 @@ TEST(log_partition_ownership_moves_between_brokers)
         REQUIRE_EQ_INT(ks_meta_partition_load(f.meta, "t", 0, &pm), 0);
         CHECK_EQ_INT(pm.next_offset, 30);
         CHECK_EQ_INT(pm.segs[pm.nsegs - 1].leader_epoch, 2);
-        free(pm.segs);
+        ks_partition_meta_free(&pm);
 
         /* Ownership lost without a hand-over: buffered records are dropped,
          * their producers told NOT_LEADER_OR_FOLLOWER. */
@@ -684,10 +684,111 @@ TEST(log_partition_ownership_moves_between_brokers)
         CHECK_EQ_INT(lost.failed, 1);
         REQUIRE_EQ_INT(ks_meta_partition_load(f.meta, "t", 0, &pm), 0);
         CHECK_EQ_INT(pm.next_offset, 30);
-        free(pm.segs);
+        ks_partition_meta_free(&pm);
 
         ks_partition_release(p1);
         ks_partition_release(p2);
         ks_log_close(log2);
+        fixture_destroy(&f);
+}
+
+/* --- idempotent producers ------------------------------------------------------ */
+
+/* Appends one batch of `nrec` records from producer (pid, epoch) starting
+ * at sequence `seq`. */
+static ks_err_t append_idem(fixture_t *f, int64_t pid, int16_t epoch, int32_t seq, int nrec, acks_t *a,
+                            int64_t *base)
+{
+        uint8_t buf[4096];
+        size_t len = build_batch(buf, nrec, 1700000000000LL);
+        ks_be64_put(buf + 43, (uint64_t)pid);
+        ks_be16_put(buf + 51, (uint16_t)epoch);
+        ks_be32_put(buf + 53, (uint32_t)seq);
+        ks_be32_put(buf + 17, ks_batch_crc_compute(buf, len));
+        ks_batch_info_t bi;
+        int n = 0;
+        ks_err_t err = ks_batches_validate(buf, len, 1 << 20, &bi, 1, &n, NULL, 0);
+        if (err)
+                return err;
+        ks_partition_t *p = ks_log_partition(f->log, KS_STR("t"), 0);
+        if (!p)
+                return KS_ERR_UNKNOWN_TOPIC_OR_PARTITION;
+        err = ks_partition_append(p, buf, len, &bi, 1, base, f->loop, a ? on_durable : NULL, a);
+        ks_partition_release(p);
+        return err;
+}
+
+static int64_t hwm_of(fixture_t *f, int partition)
+{
+        ks_partition_t *p = ks_log_partition(f->log, KS_STR("t"), partition);
+        ks_partition_offsets_t po;
+        ks_partition_offsets(p, &po);
+        ks_partition_release(p);
+        return po.high_watermark;
+}
+
+TEST(log_idempotent_retry_of_a_batch_in_flight_waits_for_it)
+{
+        fixture_t f;
+        REQUIRE(fixture_init(&f, 1 << 20));
+        f.faults.put_delay_ms = 300; /* the original is still uploading when the retry arrives */
+        acks_t a1 = { 0, 0 }, a2 = { 0, 0 };
+        int64_t base = -1;
+        REQUIRE_EQ_INT(append_idem(&f, 7, 0, 0, 5, &a1, &base), 0);
+        CHECK_EQ_INT(base, 0);
+        base = -1;
+        CHECK_EQ_INT(append_idem(&f, 7, 0, 0, 5, &a2, &base), KS_ERR__EXISTS);
+        CHECK_EQ_INT(base, 0);
+        usleep(50000);
+        CHECK_EQ_INT(__atomic_load_n(&a2.ok, __ATOMIC_SEQ_CST), 0); /* not durable yet: no answer */
+        REQUIRE(wait_acks(&a1, 1) && wait_acks(&a2, 1));
+        CHECK_EQ_INT(a1.ok + a2.ok, 2);
+        CHECK_EQ_INT(hwm_of(&f, 0), 5); /* appended once */
+
+        f.faults.put_delay_ms = 0;
+        acks_t a3 = { 0, 0 };
+        CHECK_EQ_INT(append_idem(&f, 7, 0, 7, 2, &a3, &base), KS_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER);
+        REQUIRE_EQ_INT(append_idem(&f, 7, 1, 0, 2, &a3, &base), 0); /* new epoch from 0 */
+        CHECK_EQ_INT(base, 5);
+        CHECK_EQ_INT(append_idem(&f, 7, 0, 5, 2, &a3, &base), KS_ERR_INVALID_PRODUCER_EPOCH);
+        REQUIRE(wait_acks(&a3, 1));
+        CHECK_EQ_INT(hwm_of(&f, 0), 7);
+        fixture_destroy(&f);
+}
+
+TEST(log_idempotent_state_rebuilt_from_the_manifest)
+{
+        fixture_t f;
+        REQUIRE(fixture_init(&f, 1 << 20));
+        acks_t a = { 0, 0 };
+        int64_t base;
+        /* Seven batches in separate segments: the last five are remembered. */
+        for (int i = 0; i < 7; i++) {
+                REQUIRE_EQ_INT(append_idem(&f, 99, 2, 3 * i, 3, &a, &base), 0);
+                REQUIRE(wait_acks(&a, i + 1));
+        }
+        /* Another producer, and one that moved to a newer epoch. */
+        REQUIRE_EQ_INT(append_idem(&f, 5, 0, 0, 1, &a, &base), 0);
+        REQUIRE_EQ_INT(append_idem(&f, 5, 1, 0, 1, &a, &base), 0);
+        REQUIRE(wait_acks(&a, 9));
+        CHECK_EQ_INT(a.failed, 0);
+        ks_log_close(f.log);
+
+        REQUIRE(fixture_open_log(&f)); /* a restart: state from the manifest */
+        acks_t b = { 0, 0 };
+        for (int i = 2; i < 7; i++) {
+                base = -1;
+                CHECK_EQ_INT(append_idem(&f, 99, 2, 3 * i, 3, &b, &base), KS_ERR__EXISTS);
+                CHECK_EQ_INT(base, 3 * i);
+        }
+        CHECK_EQ_INT(append_idem(&f, 99, 2, 3, 3, &b, &base), KS_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER);
+        CHECK_EQ_INT(append_idem(&f, 5, 0, 1, 1, &b, &base), KS_ERR_INVALID_PRODUCER_EPOCH);
+        CHECK_EQ_INT(append_idem(&f, 5, 1, 0, 1, &b, &base), KS_ERR__EXISTS);
+        CHECK_EQ_INT(base, 22);
+        REQUIRE_EQ_INT(append_idem(&f, 99, 2, 21, 3, &b, &base), 0);
+        CHECK_EQ_INT(base, 23);
+        REQUIRE(wait_acks(&b, 7));
+        CHECK_EQ_INT(b.failed, 0);
+        CHECK_EQ_INT(hwm_of(&f, 0), 26);
         fixture_destroy(&f);
 }

@@ -68,7 +68,7 @@ TEST(meta_large_topic_takes_several_transactions)
         ks_partition_meta_t pm;
         REQUIRE_EQ_INT(ks_meta_partition_load(m, "wide", 999, &pm), 0);
         CHECK_EQ_INT(pm.next_offset, 0);
-        free(pm.segs);
+        ks_partition_meta_free(&pm);
 
         /* A stale grow (old mod_rev) writes nothing visible. */
         ks_topic_t stale = t;
@@ -153,7 +153,7 @@ TEST(meta_topic_written_by_another_tool)
         CHECK_EQ_INT(ks_meta_partition_init(m, "ext", 2), 0); /* exists: unchanged */
         REQUIRE_EQ_INT(ks_meta_partition_load(m, "ext", 2, &pm), 0);
         CHECK_EQ_INT(pm.next_offset, 0);
-        free(pm.segs);
+        ks_partition_meta_free(&pm);
         ks_seg_meta_t seg = { .base_offset = 0, .last_offset = 9, .size_bytes = 500, .record_count = 10 };
         CHECK_EQ_INT(ks_meta_partition_commit(m, "ext", 2, 0, &seg, NULL), 0);
 
@@ -203,7 +203,7 @@ TEST(meta_commit_retried_after_unknown_outcome)
         REQUIRE_EQ_INT(ks_meta_partition_load(m, "c", 0, &pm), 0);
         CHECK_EQ_INT(pm.next_offset, 100);
         CHECK_EQ_INT(pm.nsegs, 1);
-        free(pm.segs);
+        ks_partition_meta_free(&pm);
         ks_meta_close(m);
         ks_kv_destroy(kv);
         ks_log_set_level(saved);
@@ -240,7 +240,7 @@ TEST(meta_commit_fenced_by_a_lease)
         ks_partition_meta_t pm;
         REQUIRE_EQ_INT(ks_meta_partition_load(m, "f", 0, &pm), 0);
         CHECK_EQ_INT(pm.next_offset, 10);
-        free(pm.segs);
+        ks_partition_meta_free(&pm);
         ks_meta_close(m);
         ks_kv_destroy(kv);
 }
