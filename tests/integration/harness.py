@@ -9,6 +9,10 @@ loopback ports in temporary directories:
   S3Objects            or S3 bucket + namespace) for tests that read objects
   ClusterBackend       the session's shared etcd + s3rver of cluster mode
                        (KAFSCALE_TEST_MODE=cluster, see conftest.py)
+  BrokerCluster /      N brokers (ids 0..N-1) on one etcd and one S3 namespace,
+  ClusterBroker        each killed, stopped (SIGSTOP) or restarted with its id
+                       by the test; place() is the documented partition
+                       placement, computed independently
   protoc_decode /      the protobuf compiler (Debian's protobuf-compiler) as an
   protoc_encode        independent reader/writer of the metadata records
 
@@ -788,6 +792,340 @@ class _BackendLease:
             self.etcd.stop()
         elif self.backend._holder is self:
             self.backend._holder = None
+
+
+# ---------------------------------------------------------------------------
+# Several brokers of one cluster (multi-broker and failover tests)
+# ---------------------------------------------------------------------------
+
+# A broker restarted within its predecessor's lease TTL waits for that lease
+# to expire (up to TTL + 2 s) before it registers and logs broker_started.
+BROKER_START_DEADLINE_S = 20.0
+BROKER_STOP_DEADLINE_S = 15.0
+BROKER_SANITIZER_MARKERS = ("AddressSanitizer", "LeakSanitizer", "UndefinedBehaviorSanitizer",
+                            "ThreadSanitizer", "runtime error:")
+
+_M64 = (1 << 64) - 1
+
+
+def _fnv1a64(data):
+    h = 0xCBF29CE484222325
+    for c in data:
+        h = ((h ^ c) * 0x100000001B3) & _M64
+    return h
+
+
+def _fmix64(k):
+    k ^= k >> 33
+    k = (k * 0xFF51AFD7ED558CCD) & _M64
+    k ^= k >> 33
+    k = (k * 0xC4CEB9FE1A85EC53) & _M64
+    return k ^ (k >> 33)
+
+
+def placement_score(key, broker_id):
+    """docs/cluster.md, Placement: fmix64(fnv1a64(key) XOR
+    fmix64((uint64)(uint32)id + 0x9e3779b97f4a7c15))."""
+    if isinstance(key, str):
+        key = key.encode()
+    return _fmix64(_fnv1a64(key) ^ _fmix64(((broker_id & 0xFFFFFFFF) + 0x9E3779B97F4A7C15) & _M64))
+
+
+def place(key, ids):
+    """The broker that rendezvous placement names for key ("{topic}/{partition}"
+    or "group:{group}") among the live ids: the highest score, ties to the
+    lower id; -1 for no ids. An independent implementation of the documented
+    function (the broker's is ks_cluster_place)."""
+    ids = sorted(ids)
+    if not ids:
+        return -1
+    return max(ids, key=lambda i: (placement_score(key, i), -i))
+
+
+class ClusterBroker:
+    """One broker process of a BrokerCluster. Its id, Kafka port, metrics
+    port, data dir and log file stay the same for its lifetime, so start()
+    after kill() is a restart with the same id. Attributes like
+    conftest.Broker's: id, host, port, bootstrap, metrics_port, data_dir,
+    log_path, proc, starts; `paused` while it is SIGSTOPped."""
+
+    backend = None  # conftest's failure report reads it
+
+    def __init__(self, broker_id, workdir, binary, extra_env):
+        self.id = broker_id
+        self.binary = Path(binary)
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.data_dir = self.workdir / "data"
+        self.data_dir.mkdir(exist_ok=True)
+        self.log_path = self.workdir / "broker.log"
+        self.host = "127.0.0.1"
+        self.port, self.metrics_port = free_ports(2)
+        self.extra_env = dict(extra_env)
+        self.proc = None
+        self.starts = 0
+        self.paused = False
+        self.unclean_exits = []   # (start #, status or what happened)
+        self._start_offset = 0
+
+    def __repr__(self):
+        return "broker %d (%s)" % (self.id, self.bootstrap)
+
+    @property
+    def bootstrap(self):
+        return "%s:%d" % (self.host, self.port)
+
+    def env(self):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("KAFSCALE_")}
+        env.update({
+            "KAFSCALE_BROKER_ID": str(self.id),
+            "KAFSCALE_DATA_DIR": str(self.data_dir),
+            "KAFSCALE_BROKER_ADDR": "%s:%d" % (self.host, self.port),
+            "KAFSCALE_BROKER_HOST": self.host,
+            "KAFSCALE_BROKER_PORT": str(self.port),
+            "KAFSCALE_METRICS_ADDR": "%s:%d" % (self.host, self.metrics_port),
+            "KAFSCALE_LOG_LEVEL": "debug",
+        })
+        env.update(self.extra_env)
+        return env
+
+    # --- logs ------------------------------------------------------------
+    def note(self, text):
+        with open(self.log_path, "a") as f:
+            f.write("=== test harness: %s ===\n" % text)
+
+    def log_text(self):
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def log_since(self, offset):
+        """The log from byte offset on (bytes)."""
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(offset)
+                return f.read()
+        except FileNotFoundError:
+            return b""
+
+    def log_size(self):
+        try:
+            return self.log_path.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def log_tail(self, n=80):
+        return "\n".join(self.log_text().splitlines()[-n:])
+
+    def sanitizer_lines(self):
+        return [l for l in self.log_text().splitlines() if any(m in l for m in BROKER_SANITIZER_MARKERS)]
+
+    # --- lifecycle -------------------------------------------------------
+    def running(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    is_running = running
+
+    def start(self, wait=True, timeout=BROKER_START_DEADLINE_S):
+        """Starts the process (again: same id, ports and data dir); with wait,
+        returns once it has logged broker_started (listening and registered
+        in the cluster). Call from the main thread (die_with_parent)."""
+        assert not self.running(), "%r already running" % self
+        if not self.binary.is_file() or not os.access(self.binary, os.X_OK):
+            raise HarnessError("broker binary %s not found or not executable (build it with `make`, or set "
+                               "KAFSCALE_BROKER_BIN)" % self.binary)
+        self.starts += 1
+        self.note("start #%d of broker id %d on %s" % (self.starts, self.id, self.bootstrap))
+        self._start_offset = self.log_size()
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(die_with_parent([self.binary]), env=self.env(), cwd=str(self.workdir),
+                                         stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+        register_process(self.proc)
+        self.paused = False
+        if wait:
+            self.wait_started(timeout)
+        return self
+
+    def wait_started(self, timeout=BROKER_START_DEADLINE_S):
+        deadline = time.monotonic() + timeout
+        while True:
+            rc = self.proc.poll()
+            if rc is not None:
+                raise HarnessError("%r exited with status %d during start-up; log:\n%s"
+                                   % (self, rc, self.log_tail()))
+            if b"event=broker_started" in self.log_since(self._start_offset):
+                return
+            if time.monotonic() >= deadline:
+                raise HarnessError("%r did not log broker_started within %.0f s; log:\n%s"
+                                   % (self, timeout, self.log_tail()))
+            time.sleep(0.02)
+
+    def kill(self):
+        """kill -9 (also of a paused process); not an unclean exit."""
+        if self.running():
+            self.proc.kill()
+            self.proc.wait()
+            self.note("start #%d killed with SIGKILL by the test" % self.starts)
+        self.paused = False
+
+    def pause(self):
+        """SIGSTOP: the process stays, frozen (its sockets still accept
+        connections in the kernel's backlog)."""
+        assert self.running(), "%r is not running" % self
+        self.note("start #%d stopped with SIGSTOP by the test" % self.starts)
+        self.proc.send_signal(signal.SIGSTOP)
+        self.paused = True
+
+    def resume(self):
+        """SIGCONT."""
+        if self.running():
+            self.proc.send_signal(signal.SIGCONT)
+            self.note("start #%d continued with SIGCONT by the test" % self.starts)
+        self.paused = False
+
+    def terminate(self):
+        """Sends SIGTERM (SIGCONT first if paused) without waiting; True if
+        the process was running."""
+        if not self.running():
+            return False
+        if self.paused:
+            self.resume()
+        self.proc.send_signal(signal.SIGTERM)
+        return True
+
+    def wait_exit(self, timeout=BROKER_STOP_DEADLINE_S):
+        """After terminate(): waits; SIGKILL after timeout. Records a non-zero
+        status or a hang as an unclean exit. Returns the status."""
+        if self.proc is None:
+            return None
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            self.note("start #%d: no exit %.0f s after SIGTERM; killed with SIGKILL" % (self.starts, timeout))
+            self.unclean_exits.append((self.starts, "hung after SIGTERM"))
+            return self.proc.returncode
+        rc = self.proc.returncode
+        self.note("start #%d exited with status %d" % (self.starts, rc))
+        if rc != 0:
+            self.unclean_exits.append((self.starts, rc))
+        return rc
+
+    def stop(self, timeout=BROKER_STOP_DEADLINE_S):
+        """SIGTERM and wait (SIGKILL after timeout). Returns the exit status
+        (None if it was not running)."""
+        if not self.terminate():
+            return None
+        return self.wait_exit(timeout)
+
+
+class BrokerCluster:
+    """`size` brokers with ids 0..size-1 on one etcd (an EtcdCluster: all
+    its endpoints) and one S3 namespace of an S3rver, all on loopback, each
+    with its own Kafka and metrics port (ClusterBroker), session lease TTL
+    `lease_ttl_ms`, flush interval CLUSTER_FLUSH_INTERVAL_MS unless extra_env
+    says otherwise.
+
+        c = BrokerCluster(tmpdir, binary, etcd, s3, "ns"); c.start()
+        c[i] / c.brokers            the brokers (ClusterBroker)
+        c.bootstrap                 "127.0.0.1:p0,127.0.0.1:p1,..."
+        c.kill(i)                   kill -9
+        c.pause(i) / c.resume(i)    SIGSTOP / SIGCONT
+        c.start_broker(i)           start again with the same id (after kill or stop)
+        c.restart(i)                SIGTERM, then start with the same id
+        c.live_ids()                ids of brokers running and not paused
+        c.finish()                  stop all (SIGTERM together); HarnessError on an
+                                    unclean exit or a sanitizer report, with log tails
+    """
+
+    def __init__(self, workdir, binary, etcd, s3, namespace, size=3, lease_ttl_ms=3000, extra_env=None):
+        self.workdir = Path(workdir)
+        self.etcd, self.s3, self.namespace = etcd, s3, namespace
+        self.lease_ttl_ms = int(lease_ttl_ms)
+        env = {"KAFSCALE_ETCD_ENDPOINTS": etcd.endpoints, "KAFSCALE_LEASE_TTL_MS": str(self.lease_ttl_ms),
+               "KAFSCALE_FLUSH_INTERVAL_MS": CLUSTER_FLUSH_INTERVAL_MS}
+        env.update(s3.env(namespace))
+        env.update({k: str(v) for k, v in (extra_env or {}).items()})
+        self.brokers = [ClusterBroker(i, self.workdir / ("broker%d" % i), binary, env) for i in range(size)]
+
+    def __getitem__(self, i):
+        return self.brokers[i]
+
+    def __iter__(self):
+        return iter(self.brokers)
+
+    def __len__(self):
+        return len(self.brokers)
+
+    @property
+    def bootstrap(self):
+        return ",".join(b.bootstrap for b in self.brokers)
+
+    @property
+    def lease_ttl_s(self):
+        return self.lease_ttl_ms / 1000.0
+
+    def start(self, timeout=BROKER_START_DEADLINE_S):
+        """Starts every broker (together) and waits until each has logged
+        broker_started."""
+        try:
+            for b in self.brokers:
+                b.start(wait=False)
+            for b in self.brokers:
+                b.wait_started(timeout)
+        except BaseException:
+            self.stop_all()
+            raise
+        return self
+
+    def live_ids(self):
+        return [b.id for b in self.brokers if b.running() and not b.paused]
+
+    def live(self):
+        return [b for b in self.brokers if b.running() and not b.paused]
+
+    def kill(self, i):
+        self.brokers[i].kill()
+
+    def pause(self, i):
+        self.brokers[i].pause()
+
+    def resume(self, i):
+        self.brokers[i].resume()
+
+    def start_broker(self, i, wait=True, timeout=BROKER_START_DEADLINE_S):
+        return self.brokers[i].start(wait=wait, timeout=timeout)
+
+    def restart(self, i, timeout=BROKER_START_DEADLINE_S):
+        b = self.brokers[i]
+        rc = b.stop()
+        if rc not in (None, 0):
+            raise HarnessError("%r exited with status %s on SIGTERM before its restart; log:\n%s"
+                               % (b, rc, b.log_tail()))
+        return b.start(timeout=timeout)
+
+    def stop_all(self):
+        """SIGTERM to every running broker at once, then waits for each."""
+        stopping = [b for b in self.brokers if b.terminate()]
+        return {b.id: b.wait_exit() for b in stopping}
+
+    def finish(self):
+        self.stop_all()
+        problems = []
+        for b in self.brokers:
+            if b.unclean_exits:
+                problems.append("%r: unclean exit(s) (start #, status): %r" % (b, b.unclean_exits))
+            san = b.sanitizer_lines()
+            if san:
+                problems.append("%r: sanitizer reports:\n  %s" % (b, "\n  ".join(san[:20])))
+        if problems:
+            raise HarnessError("\n".join(problems) + "\n" + self.log_tails())
+
+    def log_tails(self, n=60):
+        return "\n".join("--- broker %d (%s), last %d lines ---\n%s" % (b.id, b.log_path, n, b.log_tail(n))
+                         for b in self.brokers)
 
 
 # ---------------------------------------------------------------------------
