@@ -78,15 +78,16 @@ run_integration() {  # $1 = broker binary, then test paths (default: all)
 
 # Step 7: these modules run again with KAFSCALE_TEST_MODE=cluster, every
 # broker on one session etcd + s3rver (tests/integration/conftest.py);
-# test_cluster_etcd.py and test_cluster_failover.py (three brokers, kill -9,
-# SIGSTOP, etcd leader killed) start their own etcd clusters and s3rver.
+# test_cluster_etcd.py, test_cluster_failover.py (three brokers, kill -9,
+# SIGSTOP, etcd leader killed) and test_cluster_groups.py (coordinators on
+# three brokers) start their own etcd clusters and s3rver.
 CLUSTER_MODULES=(
   test_produce_consume.py test_produce_raw.py
   test_groups.py test_ops_groups_raw.py
   test_ops_configs.py test_ops_example.py test_offset_for_leader_epoch.py
   test_rdkafka_admin.py test_topics_clients.py
-  test_durability.py
-  test_cluster_etcd.py test_cluster_failover.py
+  test_durability.py test_idempotence.py
+  test_cluster_etcd.py test_cluster_failover.py test_cluster_groups.py
 )
 
 # --- 1-2: normal build and unit tests ---------------------------------------
@@ -142,11 +143,12 @@ fi
 # --- 6: integration tests against the normal binary --------------------------
 if have_integration_tests; then
   begin "integration tests, normal broker"
-  # test_cluster_etcd.py and test_cluster_failover.py run in step 7 (same
-  # binary; they bring their own etcd).
+  # The test_cluster_*.py modules run in step 7 (same binary; they bring
+  # their own etcd).
   run_integration build/kafscale-broker tests/integration \
     --ignore=tests/integration/test_cluster_etcd.py \
-    --ignore=tests/integration/test_cluster_failover.py
+    --ignore=tests/integration/test_cluster_failover.py \
+    --ignore=tests/integration/test_cluster_groups.py
   end
 else
   skip "integration tests, normal broker" "no tests/integration/test_*.py"
