@@ -94,6 +94,11 @@
 #include "util/log.h"
 
 #define ETCD_DEFAULT_REQUEST_TIMEOUT_MS 5000
+/* With several endpoints, a lease keepalive waits at most this long per
+ * endpoint (capped by the request timeout) before the next one is tried:
+ * during a leader election a keepalive parked on a member without a leader
+ * must not use up a session whose TTL may be only a few seconds. */
+#define ETCD_KEEPALIVE_TIMEOUT_MS 1000
 #define ETCD_DEFAULT_CONNECT_TIMEOUT_MS 1000
 #define ETCD_DEFAULT_PORT 2379
 #define ETCD_MAX_ENDPOINTS 64
@@ -1107,7 +1112,7 @@ static void common_opts(etcd_kv_t *e, CURL *h, const char *url, struct curl_slis
  * CURLE_OK *status and r hold the answer.  *sent tells whether any byte of
  * the request may have reached the server. */
 static CURLcode http_post(etcd_kv_t *e, int ep, const char *path, const char *body, size_t blen, const char *token,
-                          etcd_resp_t *r, long *status, bool *sent, char *curl_err)
+                          int64_t timeout_ms, etcd_resp_t *r, long *status, bool *sent, char *curl_err)
 {
         char *url = NULL;
         struct curl_slist *hdrs = NULL;
@@ -1127,7 +1132,8 @@ static CURLcode http_post(etcd_kv_t *e, int ep, const char *path, const char *bo
                 goto out;
         curl_easy_reset(h); /* keeps the handle's live connections */
         common_opts(e, h, url, hdrs, curl_err);
-        curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, (long)e->req_timeout_ms);
+        curl_easy_setopt(h, CURLOPT_TIMEOUT_MS,
+                         (long)(timeout_ms > 0 && timeout_ms < e->req_timeout_ms ? timeout_ms : e->req_timeout_ms));
         curl_easy_setopt(h, CURLOPT_POST, 1L);
         curl_easy_setopt(h, CURLOPT_POSTFIELDS, body);
         curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)blen);
@@ -1271,7 +1277,7 @@ static ks_err_t authenticate(etcd_kv_t *e, int ep, bool *answered, char *why, si
         json_object_object_add(req, "password", json_object_new_string(e->password));
         size_t blen;
         const char *body = json_object_to_json_string_length(req, JSON_C_TO_STRING_PLAIN, &blen);
-        CURLcode cc = body ? http_post(e, ep, "/v3/auth/authenticate", body, blen, NULL, &r, &status, &sent, curl_err)
+        CURLcode cc = body ? http_post(e, ep, "/v3/auth/authenticate", body, blen, NULL, 0, &r, &status, &sent, curl_err)
                            : CURLE_OUT_OF_MEMORY;
         if (cc != CURLE_OK) {
                 snprintf(why, whylen, "etcd at %s did not answer: %s", e->eps[ep], curl_err);
@@ -1359,6 +1365,7 @@ typedef struct etcd_req {
         const char *body;
         size_t len;
         bool idempotent; /* may be sent again after it may have been applied */
+        int64_t timeout_ms; /* per exchange; 0: the request timeout */
 } etcd_req_t;
 
 typedef struct etcd_ans {
@@ -1393,7 +1400,8 @@ static ks_err_t etcd_exec(etcd_kv_t *e, const etcd_req_t *req, etcd_ans_t *ans)
                 bool sent;
                 token_get(e, &token, &gen);
                 CURLcode cc =
-                    http_post(e, ep, req->path, req->body, req->len, token, &ans->r, &ans->status, &sent, curl_err);
+                    http_post(e, ep, req->path, req->body, req->len, token, req->timeout_ms, &ans->r, &ans->status,
+                              &sent, curl_err);
                 free(token);
                 if (cc == CURLE_OUT_OF_MEMORY)
                         return KS_ERR__NOMEM;
@@ -1458,7 +1466,9 @@ static ks_err_t etcd_exec(etcd_kv_t *e, const etcd_req_t *req, etcd_ans_t *ans)
 
 /* Runs a request built in b (freed here); on a 2xx answer the body is in
  * ans (caller frees ans->r), otherwise the error is mapped. */
-static ks_err_t etcd_call(etcd_kv_t *e, const char *op, const char *path, sb_t *b, bool idempotent, etcd_ans_t *ans)
+/* etcd_call with a shorter timeout per exchange (0: the request timeout). */
+static ks_err_t etcd_call_timeout(etcd_kv_t *e, const char *op, const char *path, sb_t *b, bool idempotent,
+                                  int64_t timeout_ms, etcd_ans_t *ans)
 {
         ks_err_t err;
 
@@ -1467,7 +1477,8 @@ static ks_err_t etcd_call(etcd_kv_t *e, const char *op, const char *path, sb_t *
                 sb_free(b);
                 return KS_ERR__NOMEM;
         }
-        etcd_req_t req = {.op = op, .path = path, .body = b->p, .len = b->len, .idempotent = idempotent};
+        etcd_req_t req = {.op = op, .path = path, .body = b->p, .len = b->len, .idempotent = idempotent,
+                          .timeout_ms = timeout_ms};
         err = etcd_exec(e, &req, ans);
         sb_free(b);
         if (err)
@@ -1482,6 +1493,11 @@ static ks_err_t etcd_call(etcd_kv_t *e, const char *op, const char *path, sb_t *
                 return err;
         }
         return KS_ERR_NONE;
+}
+
+static ks_err_t etcd_call(etcd_kv_t *e, const char *op, const char *path, sb_t *b, bool idempotent, etcd_ans_t *ans)
+{
+        return etcd_call_timeout(e, op, path, b, idempotent, 0, ans);
 }
 
 static ks_err_t bad_answer(etcd_kv_t *e, const char *op, etcd_ans_t *ans, ks_err_t err)
@@ -1745,7 +1761,10 @@ static ks_err_t etcd_lease_keepalive(ks_kv_t *kv, int64_t lease_id, int64_t *ttl
         sb_put(&b, "{");
         sb_i64(&b, "ID", lease_id);
         sb_put(&b, "}");
-        if ((err = etcd_call(e, "lease_keepalive", "/v3/lease/keepalive", &b, true, &ans)))
+        /* With one endpoint there is nowhere else to go: wait as long as
+         * for any request. */
+        if ((err = etcd_call_timeout(e, "lease_keepalive", "/v3/lease/keepalive", &b, true,
+                                     e->neps > 1 ? ETCD_KEEPALIVE_TIMEOUT_MS : 0, &ans)))
                 return err;
         err = ks_etcd_json_keepalive(ans.r.buf, ans.r.len, &ttl, &ee);
         if (err == KS_ERR__NOT_FOUND)

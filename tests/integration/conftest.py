@@ -298,6 +298,33 @@ def broker(request, tmp_path_factory, broker_extra_env):
     yield from _run_broker(tmp_path_factory, broker_extra_env, request.node.name)
 
 
+# --- real etcd and s3rver for the modules that build clusters themselves ----------
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    """One s3rver for the module; every test uses a namespace of its own."""
+    srv = harness.S3rver(tmp_path_factory.mktemp("s3"))
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def etcd(tmp_path):
+    """A single-node etcd for this test."""
+    e = harness.Etcd(tmp_path / "etcd").start()
+    yield e
+    e.stop()
+
+
+@pytest.fixture
+def etcd3(tmp_path):
+    """A 3-node etcd cluster for this test."""
+    e = harness.EtcdCluster(tmp_path / "etcd3", size=3).start()
+    yield e
+    e.stop()
+
+
 @pytest.fixture(scope="module")
 def module_broker(request, tmp_path_factory, broker_extra_env):
     """One broker shared by all tests of a module (opt-in)."""

@@ -83,14 +83,15 @@ def free_port():
 
 def wait_until(cond, what, timeout, interval=0.05):
     """Polls cond() until it returns a true value (returned) or the deadline
-    passes (HarnessError naming `what`)."""
+    passes (HarnessError naming `what`; a callable `what` is evaluated
+    then)."""
     deadline = time.monotonic() + timeout
     while True:
         v = cond()
         if v:
             return v
         if time.monotonic() >= deadline:
-            raise HarnessError("timed out after %.1f s waiting for %s" % (timeout, what))
+            raise HarnessError("timed out after %.1f s waiting for %s" % (timeout, what() if callable(what) else what))
         time.sleep(interval)
 
 

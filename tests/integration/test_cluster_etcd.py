@@ -54,28 +54,7 @@ RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:
 # Fixtures: etcd, s3rver, brokers on them
 # ---------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory):
-    """One s3rver for the module; every test uses a namespace of its own."""
-    srv = harness.S3rver(tmp_path_factory.mktemp("s3"))
-    srv.start()
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture
-def etcd(tmp_path):
-    e = harness.Etcd(tmp_path / "etcd").start()
-    yield e
-    e.stop()
-
-
-@pytest.fixture
-def etcd3(tmp_path):
-    e = harness.EtcdCluster(tmp_path / "etcd3", size=3).start()
-    yield e
-    e.stop()
-
+# s3 (module), etcd and etcd3 (per test): conftest.py.
 
 @pytest.fixture
 def namespace(request):

@@ -117,21 +117,7 @@ SHORT_TIMEOUTS = {"request.timeout.ms": 5000, "socket.timeout.ms": 5000}
 # Fixtures
 # ---------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory):
-    """One s3rver for the module; every cluster uses a namespace of its own."""
-    srv = harness.S3rver(tmp_path_factory.mktemp("s3"))
-    srv.start()
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture
-def etcd3(tmp_path):
-    e = harness.EtcdCluster(tmp_path / "etcd3", size=3).start()
-    yield e
-    e.stop()
-
+# s3 (module; a namespace per cluster) and etcd3 (per test): conftest.py.
 
 @pytest.fixture
 def make_cluster(request, tmp_path, etcd3, s3):
@@ -172,17 +158,12 @@ def make_cluster(request, tmp_path, etcd3, s3):
 # ---------------------------------------------------------------------------
 
 def wait_for(cond, what, timeout, interval=0.05):
-    """Polls cond() until it returns a true value (returned); fails the test
-    after timeout. `what` may be a callable (evaluated on failure)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        v = cond()
-        if v:
-            return v
-        if time.monotonic() >= deadline:
-            pytest.fail("timed out after %.1f s waiting for %s" % (timeout, what() if callable(what) else what),
-                        pytrace=False)
-        time.sleep(interval)
+    """harness.wait_until, failing the test (without a traceback) instead
+    of raising. `what` may be a callable (evaluated on failure)."""
+    try:
+        return harness.wait_until(cond, what, timeout, interval)
+    except harness.HarnessError as e:
+        pytest.fail(str(e), pytrace=False)
 
 
 # ---------------------------------------------------------------------------
