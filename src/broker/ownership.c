@@ -99,7 +99,7 @@ static void take(ks_broker_t *b, const char *topic, int32_t partition, int32_t e
 {
         ks_partition_t *p = open_partition(b, topic, partition);
         if (!p) {
-                ks_log_warn("partition_take_deferred", "topic=%s partition=%d leader_epoch=%d reason=\"topic not "
+                ks_log_info("partition_take_deferred", "topic=%s partition=%d leader_epoch=%d reason=\"topic not "
                             "open here yet\"",
                             topic, partition, epoch);
                 return;
