@@ -436,6 +436,68 @@ int ks_broker_live_brokers(ks_broker_t *b, ks_broker_info_t **out)
         return n;
 }
 
+/* --- cluster metrics (computed at scrape from ks_cluster_get_stats) --------- */
+
+enum { CM_LIVE, CM_PARTITIONS, CM_GROUPS, CM_SESSION, CM_CHANGES, CM_COUNT };
+static ks_metric_t *cluster_metrics[CM_COUNT];
+static const char *const change_kinds[] = { "acquired", "released", "lost" };
+
+static void collect_cluster(void *ctx, double *v, int n, int which)
+{
+        ks_cluster_stats_t st;
+        ks_cluster_get_stats(ctx, &st);
+        switch (which) {
+        case CM_LIVE: v[0] = st.live_brokers; break;
+        case CM_PARTITIONS: v[0] = st.owned_partitions; break;
+        case CM_GROUPS: v[0] = st.owned_groups; break;
+        case CM_SESSION: v[0] = st.lease != 0; break;
+        default:
+                if (n == 3) {
+                        v[0] = (double)st.acquired;
+                        v[1] = (double)st.released;
+                        v[2] = (double)st.lost;
+                }
+        }
+}
+
+static void collect_live(void *ctx, double *v, int n) { collect_cluster(ctx, v, n, CM_LIVE); }
+static void collect_partitions(void *ctx, double *v, int n) { collect_cluster(ctx, v, n, CM_PARTITIONS); }
+static void collect_groups(void *ctx, double *v, int n) { collect_cluster(ctx, v, n, CM_GROUPS); }
+static void collect_session(void *ctx, double *v, int n) { collect_cluster(ctx, v, n, CM_SESSION); }
+static void collect_changes(void *ctx, double *v, int n) { collect_cluster(ctx, v, n, CM_CHANGES); }
+
+static void cluster_metrics_attach(ks_cluster_t *c)
+{
+        ks_metrics_t *r = ks_metrics_default();
+        const ks_metric_labels_t kinds = { .nseries = 3, .name = "change", .values = change_kinds };
+        cluster_metrics[CM_LIVE] = ks_metrics_gauge_fn(r, "kafscale_cluster_live_brokers",
+                                                       "Brokers registered under a live lease, as this broker sees them",
+                                                       NULL, collect_live, c);
+        cluster_metrics[CM_PARTITIONS] = ks_metrics_gauge_fn(r, "kafscale_cluster_partitions_owned",
+                                                             "Partitions this broker owns (serves)", NULL,
+                                                             collect_partitions, c);
+        cluster_metrics[CM_GROUPS] = ks_metrics_gauge_fn(r, "kafscale_cluster_groups_owned",
+                                                         "Consumer groups this broker coordinates", NULL,
+                                                         collect_groups, c);
+        cluster_metrics[CM_SESSION] = ks_metrics_gauge_fn(r, "kafscale_cluster_session_up",
+                                                          "1 while this broker holds its etcd session lease", NULL,
+                                                          collect_session, c);
+        cluster_metrics[CM_CHANGES] = ks_metrics_gauge_fn(
+                r, "kafscale_cluster_ownership_changes",
+                "Partitions and groups acquired, released (handed over) and lost (lease expired) since start",
+                &kinds, collect_changes, c);
+}
+
+/* Before the cluster module goes: the scrapes stop calling into it. */
+static void cluster_metrics_detach(void)
+{
+        for (int i = 0; i < CM_COUNT; i++) {
+                if (cluster_metrics[i])
+                        ks_metric_detach(ks_metrics_default(), cluster_metrics[i]);
+                cluster_metrics[i] = NULL;
+        }
+}
+
 /* Start-up in cluster mode: register under a lease so that every broker
  * lists this one (Metadata, DescribeCluster) while it lives, and take the
  * partitions and groups placed on it (docs/cluster.md).  The hooks run on
@@ -475,6 +537,7 @@ static int start_cluster(ks_broker_t *b)
                 struct timespec ts = { 0, 10 * 1000000L };
                 nanosleep(&ts, NULL);
         }
+        cluster_metrics_attach(b->cluster);
         ks_log_info("cluster_joined", "broker_id=%d live_brokers=%d partitions_owned=%d ms=%lld", cfg->broker_id,
                     st.live_brokers, st.owned_partitions, (long long)(mono_ms() - t0));
         return 0;
@@ -585,6 +648,7 @@ void ks_broker_stop(ks_broker_t *b)
          * acknowledgements), every owned group written and handed over,
          * then the others stop listing this broker. */
         ks_broker_ownership_close(b);
+        cluster_metrics_detach();
         ks_cluster_stop(b->cluster);
         __atomic_store_n(&b->cluster, NULL, __ATOMIC_RELEASE);
         /* /readyz answers 503 from here on; the probe stops using the

@@ -1286,3 +1286,48 @@ def test_idempotent_producer_across_owner_change(make_cluster):
         r = raw.produce(c, 9, topic, 1, nxt, acks=-1)
         assert (r["error_code"], r["base_offset"]) == (0, end), r
     cl.start_broker(owner)
+
+
+# ---------------------------------------------------------------------------
+# Metrics of the cluster module
+# ---------------------------------------------------------------------------
+
+def test_cluster_metrics(make_cluster):
+    """/metrics of every broker (parsed by prometheus_client): three live
+    brokers, its session up, and the partitions they own adding up to every
+    partition; a kill -9 shows as acquisitions on the survivors."""
+    import test_metrics as tm
+    cl = make_cluster()
+    topic = pick_topic("metrics", PARTITIONS)
+    create_topic(cl, topic, PARTITIONS)
+    view = wait_converged(cl, {topic: PARTITIONS})
+
+    def owned():
+        return {b.id: tm.Scrape(b.metrics_port).get("kafscale_cluster_partitions_owned") for b in cl.live()}
+
+    wait_for(lambda: sum(owned().values()) == PARTITIONS, lambda: "owned partitions to add up: %r" % owned(),
+             CONVERGE_S)
+    for b in cl.live():
+        s = tm.Scrape(b.metrics_port)
+        assert s.get("kafscale_cluster_live_brokers") == BROKERS, b
+        assert s.get("kafscale_cluster_session_up") == 1, b
+        assert s.types["kafscale_cluster_partitions_owned"] == "gauge"
+        mine = sum(1 for (t, p), (leader, _) in view.items() if leader == b.id)
+        assert s.get("kafscale_cluster_partitions_owned") == mine, (b, mine)
+        assert s.get("kafscale_cluster_ownership_changes", change="acquired") >= mine, b
+    victim = view[(topic, 0)][0]
+    led = [p for (t, p), (leader, _) in view.items() if leader == victim]
+    before = {}
+    for b in cl.live():
+        if b.id != victim:
+            before[b.id] = tm.Scrape(b.metrics_port).get("kafscale_cluster_ownership_changes", change="acquired")
+    cl.kill(victim)
+    wait_converged(cl, {topic: PARTITIONS}, above={(topic, p): view[(topic, p)][1] for p in led})
+    wait_for(lambda: sum(owned().values()) == PARTITIONS, lambda: "owned partitions to add up: %r" % owned(),
+             CONVERGE_S)
+    gained = sum(tm.Scrape(cl[i].metrics_port).get("kafscale_cluster_ownership_changes", change="acquired")
+                 - before[i] for i in before)
+    assert gained >= len(led), (gained, led)
+    for i in before:
+        assert tm.Scrape(cl[i].metrics_port).get("kafscale_cluster_live_brokers") == BROKERS - 1
+    cl.start_broker(victim)
