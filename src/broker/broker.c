@@ -156,6 +156,8 @@ static void *probe_main(void *arg)
                 if (err && !swhy[0])
                         snprintf(swhy, sizeof(swhy), "%s", ks_err_name(err));
                 bool meta = probe_metadata(b->kv, mwhy, sizeof(mwhy));
+                /* Produce fails fast while a store is down. */
+                ks_log_set_storage_health(b->log, !err && meta);
 
                 pthread_mutex_lock(&ops.lock);
                 ops.probe_started_ms = 0;

@@ -153,9 +153,47 @@ struct ks_log {
         pthread_mutex_t cache_lock;
         segdata_t *lru_head, *lru_tail; /* head = most recently used */
         size_t cache_used;
+
+        /* Storage health (atomics): flushes that failed in a row, across
+         * every partition, and the broker's last probe of the stores.
+         * Degraded (STORAGE_DEGRADED_STREAK failures in a row, or the probe
+         * failing): new appends are refused at once with a retriable error
+         * instead of waiting out their timeout. */
+        int fail_streak;
+        bool probe_down;
+        bool degraded_logged;
 };
 
+#define STORAGE_DEGRADED_STREAK 3
+
 static void partition_ref(ks_partition_t *p);
+
+static bool storage_degraded(ks_log_t *log)
+{
+        return __atomic_load_n(&log->probe_down, __ATOMIC_RELAXED) ||
+               __atomic_load_n(&log->fail_streak, __ATOMIC_RELAXED) >= STORAGE_DEGRADED_STREAK;
+}
+
+/* Logs a change of the storage verdict (once per change). */
+static void storage_health_log(ks_log_t *log)
+{
+        bool degraded = storage_degraded(log);
+        bool was = __atomic_exchange_n(&log->degraded_logged, degraded, __ATOMIC_RELAXED);
+        if (degraded && !was)
+                ks_log_warn("storage_degraded", "failed_flushes_in_a_row=%d probe_down=%d action=refusing_produce",
+                            __atomic_load_n(&log->fail_streak, __ATOMIC_RELAXED),
+                            (int)__atomic_load_n(&log->probe_down, __ATOMIC_RELAXED));
+        else if (!degraded && was)
+                ks_log_info("storage_recovered", "action=accepting_produce");
+}
+
+void ks_log_set_storage_health(ks_log_t *log, bool ok)
+{
+        __atomic_store_n(&log->probe_down, !ok, __ATOMIC_RELAXED);
+        if (ok)
+                __atomic_store_n(&log->fail_streak, 0, __ATOMIC_RELAXED);
+        storage_health_log(log);
+}
 
 static int64_t now_ms(void)
 {
@@ -991,6 +1029,7 @@ static void upload_job(void *arg)
                 p->hwm = d->next;
                 p->flushing = NULL;
                 p->failures = 0;
+                __atomic_store_n(&log->fail_streak, 0, __ATOMIC_RELAXED);
                 if (p->storage_failing)
                         ks_log_info("storage_recovered", "topic=%s partition=%d", p->topic, p->index);
                 p->storage_failing = false;
@@ -1015,6 +1054,7 @@ static void upload_job(void *arg)
         } else {
                 p->failures++;
                 p->storage_failing = true;
+                __atomic_add_fetch(&log->fail_streak, 1, __ATOMIC_RELAXED);
                 int64_t backoff = 50LL << (p->failures < 7 ? p->failures : 7);
                 if (backoff > MAX_RETRY_BACKOFF_MS)
                         backoff = MAX_RETRY_BACKOFF_MS;
@@ -1034,6 +1074,7 @@ static void upload_job(void *arg)
                              (long long)m.size_bytes, (long long)(now_ms() - t0));
                 cache_evict(log);
         }
+        storage_health_log(log);
         deliver(pw, pw_err, fw);
         if (next_flush >= 0)
                 schedule_flush(log, p, next_flush);
@@ -1154,7 +1195,7 @@ ks_err_t ks_partition_append(ks_partition_t *p, uint8_t *buf, size_t len, const 
                 err = KS_ERR_UNKNOWN_TOPIC_OR_PARTITION;
         } else if (!p->serving) {
                 err = KS_ERR_NOT_LEADER_OR_FOLLOWER;
-        } else if (p->storage_failing) {
+        } else if (p->storage_failing || storage_degraded(log)) {
                 err = KS_ERR_KAFKA_STORAGE_ERROR;
         } else if ((int64_t)(buffered + len) > 4 * log->cfg.segment_bytes + (64 << 20)) {
                 err = KS_ERR_KAFKA_STORAGE_ERROR;

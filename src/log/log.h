@@ -117,6 +117,14 @@ void ks_log_topic_delete_objects(ks_log_t *log, const char *topic);
  * BLOCKING. */
 void ks_log_topic_drop(ks_log_t *log, const char *topic, const ks_uuid_t *id);
 
+/* The broker's periodic probe of the object and metadata stores: `ok`
+ * false makes the log refuse new appends at once (KAFKA_STORAGE_ERROR,
+ * retriable) until a probe succeeds; so do STORAGE_DEGRADED_STREAK (3)
+ * flushes failing in a row across the log, until a flush or a probe
+ * succeeds.  Producers then fail fast and retry instead of waiting out
+ * their request timeout.  Thread-safe. */
+void ks_log_set_storage_health(ks_log_t *log, bool ok);
+
 /* Looks up a partition and takes a reference (NULL if not served here).
  * Release with ks_partition_release(). */
 ks_partition_t *ks_log_partition(ks_log_t *log, ks_str_t topic, int32_t partition);

@@ -108,3 +108,40 @@ def test_s3_round_trip_and_restart(broker, s3):
 
     broker.restart()
     assert consume_all(bs, topic, ends) == acked
+
+
+def test_produce_fails_fast_while_s3_is_down(broker, s3):
+    """The object store stopped: once the broker's probe (every 2 s) has
+    seen it, produce is refused at once with KAFKA_STORAGE_ERROR (retriable)
+    instead of waiting out its timeout; nothing refused is stored; after
+    the store returns, produce is accepted again and what was acknowledged
+    before the outage is all there."""
+    import kafka_wire as kw
+    import test_metrics as tm
+    import test_produce_raw as raw
+    with kw.Conn(broker.host, broker.port, timeout=30.0) as c:
+        raw.create_topic(c, "s3-down", 1)
+        before = raw.build_batch(raw.simple_records(4, b"before"))
+        r = raw.produce(c, 9, "s3-down", 0, before, acks=-1)
+        assert (r["error_code"], r["base_offset"]) == (0, 0), r
+
+        s3.stop()
+        tm.wait_for(lambda: tm.readyz(broker.metrics_port)[0] == 503, 15, "/readyz 503 with S3 stopped")
+        t0 = time.monotonic()
+        r = raw.produce(c, 9, "s3-down", 0, raw.build_batch(raw.simple_records(2, b"down")), acks=-1,
+                        timeout_ms=20000)
+        elapsed = time.monotonic() - t0
+        assert r["error_code"] == raw.KAFKA_STORAGE_ERROR, r
+        assert elapsed < 2.0, "refused after %.2f s: produce must fail fast while S3 is down" % elapsed
+        assert "event=storage_degraded" in broker.log_text()
+
+        s3.start()
+        tm.wait_for(lambda: tm.readyz(broker.metrics_port)[0] == 200, 30, "/readyz 200 after S3 returned")
+        after = raw.build_batch(raw.simple_records(3, b"after"))
+        r = raw.produce(c, 9, "s3-down", 0, after, acks=-1)
+        assert (r["error_code"], r["base_offset"]) == (0, 4), r
+        data, last = raw.fetch_all(c, 12, "s3-down", 0, 0)
+        ep = kw.leader_epoch(c, "s3-down")
+        assert data == raw.patched(before, 0, ep) + raw.patched(after, 4, ep)
+        assert last["high_watermark"] == 7
+    assert "event=storage_recovered" in broker.log_text()
