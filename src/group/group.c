@@ -35,6 +35,7 @@
 
 #include "kafscale_metadata.pb-c.h"
 #include "meta/offsets.h"
+#include "metrics/metrics.h"
 #include "protocol/gen/kafka_msgs.h"
 #include "util/clock.h"
 #include "util/log.h"
@@ -46,6 +47,9 @@ enum { ST_EMPTY, ST_PREPARING, ST_COMPLETING, ST_STABLE, ST_DEAD };
 
 static const char *const state_names[] = { "empty", "preparing_rebalance", "completing_rebalance", "stable",
                                            "dead" };
+/* Kafka's names (ListGroups, DescribeGroups, the metrics' state label). */
+static const char *const kafka_state_names[ST_DEAD + 1] = { "Empty", "PreparingRebalance",
+                                                            "CompletingRebalance", "Stable", "Dead" };
 
 typedef struct proto {
         char *name;
@@ -109,6 +113,8 @@ struct ks_groups {
         pthread_t thread;
         pthread_cond_t cond;
         bool stopping;
+        ks_metric_t *m_groups;  /* kafscale_consumer_groups{state}, computed at scrape */
+        ks_metric_t *m_members; /* kafscale_consumer_group_members, computed at scrape */
 };
 
 static int64_t now_ms(void)
@@ -580,6 +586,7 @@ static void prepare_rebalance(ks_groups_t *g, group_t *gr, const char *why)
                 gr->deadline = now + max_rebalance_timeout(gr);
                 ks_log_info("group_rebalance", "group=\"%s\" generation=%d members=%d reason=\"%s\"", gr->id,
                             gr->generation, gr->nmembers, why);
+                ks_metric_inc(ks_std_metrics.group_rebalances, 0);
         }
         set_state(gr, ST_PREPARING);
 }
@@ -1552,6 +1559,43 @@ static void *groups_main(void *arg)
         return NULL;
 }
 
+/* Scrape-time gauges (registry lock held, then the coordinator lock; nothing
+ * here calls into the registry with the coordinator lock held). */
+static void collect_groups(void *ctx, double *values, int n)
+{
+        ks_groups_t *g = ctx;
+        pthread_mutex_lock(&g->lock);
+        for (int b = 0; b < NBUCKETS; b++)
+                for (const group_t *gr = g->buckets[b]; gr; gr = gr->next)
+                        if (gr->state >= 0 && gr->state < n)
+                                values[gr->state] += 1;
+        pthread_mutex_unlock(&g->lock);
+}
+
+static void collect_members(void *ctx, double *values, int n)
+{
+        ks_groups_t *g = ctx;
+        int64_t members = 0;
+        pthread_mutex_lock(&g->lock);
+        for (int b = 0; b < NBUCKETS; b++)
+                for (const group_t *gr = g->buckets[b]; gr; gr = gr->next)
+                        members += gr->nmembers;
+        pthread_mutex_unlock(&g->lock);
+        values[0] = (double)members;
+}
+
+static void metrics_attach(ks_groups_t *g)
+{
+        const ks_metric_labels_t by_state = { .nseries = ST_DEAD + 1, .name = "state", .values = kafka_state_names };
+        ks_metrics_t *r = ks_metrics_default();
+        g->m_groups = ks_metrics_gauge_fn(r, "kafscale_consumer_groups",
+                                          "Consumer groups coordinated by this broker, by state.", &by_state,
+                                          collect_groups, g);
+        g->m_members = ks_metrics_gauge_fn(r, "kafscale_consumer_group_members",
+                                           "Members of the consumer groups coordinated by this broker.", NULL,
+                                           collect_members, g);
+}
+
 ks_err_t ks_groups_open(const ks_groups_config_t *cfg, ks_meta_t *meta, ks_groups_t **out)
 {
         ks_groups_t *g = calloc(1, sizeof(*g));
@@ -1573,6 +1617,7 @@ ks_err_t ks_groups_open(const ks_groups_config_t *cfg, ks_meta_t *meta, ks_group
                 return err ? err : KS_ERR__NOMEM;
         }
         pthread_setname_np(g->thread, "ks-groups");
+        metrics_attach(g);
         *out = g;
         return 0;
 }
@@ -1581,6 +1626,8 @@ void ks_groups_close(ks_groups_t *g)
 {
         if (!g)
                 return;
+        ks_metric_detach_ctx(ks_metrics_default(), g->m_groups, g);
+        ks_metric_detach_ctx(ks_metrics_default(), g->m_members, g);
         pthread_mutex_lock(&g->lock);
         bool running = g->thread != 0;
         g->stopping = true;
@@ -1612,9 +1659,6 @@ void ks_groups_close(ks_groups_t *g)
 
 /* ------------------------------------------------------------------------ */
 /* Ops APIs                                                                  */
-
-static const char *const kafka_state_names[] = { "Empty", "PreparingRebalance", "CompletingRebalance", "Stable",
-                                                 "Dead" };
 
 /* Kafka's AclOperation bits allowed on a group (no authorizer). */
 #define GROUP_OPS ((1 << 3) | (1 << 6) | (1 << 8))

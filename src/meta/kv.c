@@ -33,10 +33,76 @@
 #include <string.h>
 #include <time.h>
 
+#include "metrics/metrics.h"
 #include "util/log.h"
 
 #define KV_REAPER_PERIOD_MS 100
 #define KV_NOMEM_RETRY_MS 10
+
+/* ---------------------------------------------------------- entry points */
+
+/* Every ks_kv_* call passes here: dispatch, then two relaxed atomic adds. */
+static ks_err_t counted(int op, ks_err_t err, double t0)
+{
+        ks_metrics_store_request(ks_std_metrics.metastore_requests, ks_std_metrics.metastore_duration, op, !err, t0);
+        return err;
+}
+
+ks_err_t ks_kv_range(ks_kv_t *kv, const void *key, size_t key_len, const void *range_end, size_t range_end_len,
+                     ks_kv_result_t *out)
+{
+        double t0 = ks_metrics_now();
+        return counted(KS_METRICS_KV_RANGE, kv->ops->range(kv, key, key_len, range_end, range_end_len, out), t0);
+}
+
+ks_err_t ks_kv_put(ks_kv_t *kv, const void *key, size_t key_len, const void *value, size_t value_len,
+                   int64_t lease, int64_t *revision)
+{
+        double t0 = ks_metrics_now();
+        return counted(KS_METRICS_KV_PUT, kv->ops->put(kv, key, key_len, value, value_len, lease, revision), t0);
+}
+
+ks_err_t ks_kv_delete_range(ks_kv_t *kv, const void *key, size_t key_len, const void *range_end,
+                            size_t range_end_len, int64_t *deleted, int64_t *revision)
+{
+        double t0 = ks_metrics_now();
+        return counted(KS_METRICS_KV_DELETE,
+                       kv->ops->delete_range(kv, key, key_len, range_end, range_end_len, deleted, revision), t0);
+}
+
+ks_err_t ks_kv_txn(ks_kv_t *kv, const ks_kv_cmp_t *cmps, size_t ncmps, const ks_kv_op_t *success, size_t nsuccess,
+                   const ks_kv_op_t *failure, size_t nfailure, bool *succeeded, int64_t *revision)
+{
+        double t0 = ks_metrics_now();
+        return counted(KS_METRICS_KV_TXN,
+                       kv->ops->txn(kv, cmps, ncmps, success, nsuccess, failure, nfailure, succeeded, revision), t0);
+}
+
+ks_err_t ks_kv_lease_grant(ks_kv_t *kv, int64_t ttl_seconds, int64_t *lease_id)
+{
+        double t0 = ks_metrics_now();
+        return counted(KS_METRICS_KV_LEASE_GRANT, kv->ops->lease_grant(kv, ttl_seconds, lease_id), t0);
+}
+
+ks_err_t ks_kv_lease_keepalive(ks_kv_t *kv, int64_t lease_id, int64_t *ttl_remaining)
+{
+        double t0 = ks_metrics_now();
+        return counted(KS_METRICS_KV_LEASE_KEEPALIVE, kv->ops->lease_keepalive(kv, lease_id, ttl_remaining), t0);
+}
+
+ks_err_t ks_kv_lease_revoke(ks_kv_t *kv, int64_t lease_id)
+{
+        double t0 = ks_metrics_now();
+        return counted(KS_METRICS_KV_LEASE_REVOKE, kv->ops->lease_revoke(kv, lease_id), t0);
+}
+
+ks_err_t ks_kv_watch(ks_kv_t *kv, const void *key, size_t key_len, const void *range_end, size_t range_end_len,
+                     int64_t start_rev, ks_kv_watch_cb *cb, void *opaque, ks_kv_watch_t **out)
+{
+        double t0 = ks_metrics_now();
+        return counted(KS_METRICS_KV_WATCH,
+                       kv->ops->watch(kv, key, key_len, range_end, range_end_len, start_rev, cb, opaque, out), t0);
+}
 
 /* ---------------------------------------------------------------- helpers */
 

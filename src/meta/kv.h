@@ -134,26 +134,25 @@ struct ks_kv {
         const ks_kv_ops_t *ops;
 };
 
+/* The entry points below (kv.c) dispatch to the backend and count each call
+ * in kafscale_metadata_store_requests_total{op,result} and
+ * kafscale_metadata_store_request_duration_seconds{op} (relaxed atomics,
+ * nothing else): op is range, put, delete, txn, lease_grant,
+ * lease_keepalive, lease_revoke or watch (its start); result="error" for any
+ * error returned (a txn whose compare failed is "ok").  A wrapper backend
+ * (tests) that calls them on its inner store counts a request twice. */
+
 /* Range read of [key, range_end); range_end NULL reads the single key. */
-static inline ks_err_t ks_kv_range(ks_kv_t *kv, const void *key, size_t key_len, const void *range_end,
-                                   size_t range_end_len, ks_kv_result_t *out)
-{
-        return kv->ops->range(kv, key, key_len, range_end, range_end_len, out);
-}
+ks_err_t ks_kv_range(ks_kv_t *kv, const void *key, size_t key_len, const void *range_end, size_t range_end_len,
+                     ks_kv_result_t *out);
 
 /* Unconditional put.  *revision (may be NULL) receives the new store revision. */
-static inline ks_err_t ks_kv_put(ks_kv_t *kv, const void *key, size_t key_len, const void *value,
-                                 size_t value_len, int64_t lease, int64_t *revision)
-{
-        return kv->ops->put(kv, key, key_len, value, value_len, lease, revision);
-}
+ks_err_t ks_kv_put(ks_kv_t *kv, const void *key, size_t key_len, const void *value, size_t value_len,
+                   int64_t lease, int64_t *revision);
 
 /* Deletes [key, range_end) (single key when range_end is NULL). */
-static inline ks_err_t ks_kv_delete_range(ks_kv_t *kv, const void *key, size_t key_len, const void *range_end,
-                                          size_t range_end_len, int64_t *deleted, int64_t *revision)
-{
-        return kv->ops->delete_range(kv, key, key_len, range_end, range_end_len, deleted, revision);
-}
+ks_err_t ks_kv_delete_range(ks_kv_t *kv, const void *key, size_t key_len, const void *range_end,
+                            size_t range_end_len, int64_t *deleted, int64_t *revision);
 
 /* Most compares, and most operations per branch, one transaction may hold
  * (etcd's default --max-txn-ops); more is KS_ERR__TOO_LARGE on every backend,
@@ -162,35 +161,18 @@ static inline ks_err_t ks_kv_delete_range(ks_kv_t *kv, const void *key, size_t k
 
 /* Atomic compare-and-apply: if every compare holds, apply `success`, else
  * `failure`; *succeeded tells which.  A failed compare is not an error. */
-static inline ks_err_t ks_kv_txn(ks_kv_t *kv, const ks_kv_cmp_t *cmps, size_t ncmps, const ks_kv_op_t *success,
-                                 size_t nsuccess, const ks_kv_op_t *failure, size_t nfailure, bool *succeeded,
-                                 int64_t *revision)
-{
-        return kv->ops->txn(kv, cmps, ncmps, success, nsuccess, failure, nfailure, succeeded, revision);
-}
+ks_err_t ks_kv_txn(ks_kv_t *kv, const ks_kv_cmp_t *cmps, size_t ncmps, const ks_kv_op_t *success, size_t nsuccess,
+                   const ks_kv_op_t *failure, size_t nfailure, bool *succeeded, int64_t *revision);
 
 /* Leases: grant (TTL in seconds, >= 1), keep alive (KS_ERR__LEASE_LOST if it
  * already expired or was revoked), revoke (deletes its keys). */
-static inline ks_err_t ks_kv_lease_grant(ks_kv_t *kv, int64_t ttl_seconds, int64_t *lease_id)
-{
-        return kv->ops->lease_grant(kv, ttl_seconds, lease_id);
-}
-static inline ks_err_t ks_kv_lease_keepalive(ks_kv_t *kv, int64_t lease_id, int64_t *ttl_remaining)
-{
-        return kv->ops->lease_keepalive(kv, lease_id, ttl_remaining);
-}
-static inline ks_err_t ks_kv_lease_revoke(ks_kv_t *kv, int64_t lease_id)
-{
-        return kv->ops->lease_revoke(kv, lease_id);
-}
+ks_err_t ks_kv_lease_grant(ks_kv_t *kv, int64_t ttl_seconds, int64_t *lease_id);
+ks_err_t ks_kv_lease_keepalive(ks_kv_t *kv, int64_t lease_id, int64_t *ttl_remaining);
+ks_err_t ks_kv_lease_revoke(ks_kv_t *kv, int64_t lease_id);
 
 /* Starts a watch on [key, range_end) from start_rev (0: from now). */
-static inline ks_err_t ks_kv_watch(ks_kv_t *kv, const void *key, size_t key_len, const void *range_end,
-                                   size_t range_end_len, int64_t start_rev, ks_kv_watch_cb *cb, void *opaque,
-                                   ks_kv_watch_t **out)
-{
-        return kv->ops->watch(kv, key, key_len, range_end, range_end_len, start_rev, cb, opaque, out);
-}
+ks_err_t ks_kv_watch(ks_kv_t *kv, const void *key, size_t key_len, const void *range_end, size_t range_end_len,
+                     int64_t start_rev, ks_kv_watch_cb *cb, void *opaque, ks_kv_watch_t **out);
 
 /* Stops a watch; when it returns no callback for it is running or will run. */
 static inline void ks_kv_watch_cancel(ks_kv_t *kv, ks_kv_watch_t *w)

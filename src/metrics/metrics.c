@@ -265,6 +265,18 @@ void ks_metric_detach(ks_metrics_t *r, ks_metric_t *m)
         pthread_mutex_unlock(&r->lock);
 }
 
+void ks_metric_detach_ctx(ks_metrics_t *r, ks_metric_t *m, void *ctx)
+{
+        if (!r || !m)
+                return;
+        pthread_mutex_lock(&r->lock);
+        if (m->collect_ctx == ctx) {
+                m->collect = NULL;
+                m->collect_ctx = NULL;
+        }
+        pthread_mutex_unlock(&r->lock);
+}
+
 ks_metric_t *ks_metrics_histogram(ks_metrics_t *r, const char *name, const char *help, const ks_metric_labels_t *labels,
                                   const double *bounds, int nbounds)
 {
@@ -615,6 +627,26 @@ static size_t api_format(int s, char *buf, size_t len)
         return api_labels(s >= KS_METRICS_API_KEYS ? -1 : s, -1, false, buf, len);
 }
 
+static const char *const obj_ops[KS_METRICS_OBJ_OPS] = { "put", "get", "list", "delete", "check" };
+static const char *const kv_ops[KS_METRICS_KV_OPS] = { "range",       "put",             "delete",       "txn",
+                                                       "lease_grant", "lease_keepalive", "lease_revoke", "watch" };
+
+static size_t op_result_labels(const char *const *ops, int s, char *buf, size_t len)
+{
+        int n = snprintf(buf, len, "op=\"%s\",result=\"%s\"", ops[s / 2], s % 2 ? "error" : "ok");
+        return n > 0 && (size_t)n < len ? (size_t)n : 0;
+}
+
+static size_t obj_op_result_format(int s, char *buf, size_t len)
+{
+        return op_result_labels(obj_ops, s, buf, len);
+}
+
+static size_t kv_op_result_format(int s, char *buf, size_t len)
+{
+        return op_result_labels(kv_ops, s, buf, len);
+}
+
 static pthread_once_t std_once = PTHREAD_ONCE_INIT;
 static int std_status = -1;
 
@@ -683,6 +715,27 @@ static void std_create(void)
                                           "1 when the last metadata-store probe succeeded, else 0.", NULL);
         n.start_time = ks_metrics_gauge_double(r, "kafscale_start_time_seconds",
                                                "Unix time at which the broker process started, in seconds.", NULL);
+        const ks_metric_labels_t obj_op_result = { .nseries = KS_METRICS_OBJ_OPS * 2, .format = obj_op_result_format };
+        const ks_metric_labels_t obj_op = { .nseries = KS_METRICS_OBJ_OPS, .name = "op", .values = obj_ops };
+        const ks_metric_labels_t kv_op_result = { .nseries = KS_METRICS_KV_OPS * 2, .format = kv_op_result_format };
+        const ks_metric_labels_t kv_op = { .nseries = KS_METRICS_KV_OPS, .name = "op", .values = kv_ops };
+        n.objstore_requests = ks_metrics_counter(
+                r, "kafscale_object_store_requests_total",
+                "Object-store requests completed, by operation and result (after the backend's own retries).",
+                &obj_op_result);
+        n.objstore_duration = ks_metrics_histogram(
+                r, "kafscale_object_store_request_duration_seconds",
+                "Time an object-store request took, retries included, by operation.", &obj_op, NULL, 0);
+        n.metastore_requests = ks_metrics_counter(r, "kafscale_metadata_store_requests_total",
+                                                  "Metadata-store requests completed, by operation and result.",
+                                                  &kv_op_result);
+        n.metastore_duration = ks_metrics_histogram(r, "kafscale_metadata_store_request_duration_seconds",
+                                                    "Time a metadata-store request took, by operation.", &kv_op,
+                                                    NULL, 0);
+        n.group_rebalances = ks_metrics_counter(r, "kafscale_consumer_group_rebalances_total",
+                                                "Consumer group rebalances started (a group entering "
+                                                "PreparingRebalance).",
+                                                NULL);
         ks_metric_t **fields = (ks_metric_t **)&n;
         for (size_t i = 0; i < sizeof(n) / sizeof(ks_metric_t *); i++)
                 if (!fields[i])

@@ -36,6 +36,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 
 typedef enum { KS_METRIC_COUNTER = 0, KS_METRIC_GAUGE = 1, KS_METRIC_HISTOGRAM = 2 } ks_metric_type_t;
 
@@ -108,6 +109,9 @@ ks_metric_t *ks_metrics_gauge_double(ks_metrics_t *r, const char *name, const ch
 ks_metric_t *ks_metrics_gauge_fn(ks_metrics_t *r, const char *name, const char *help, const ks_metric_labels_t *labels,
                                  ks_metric_collect_fn *fn, void *ctx);
 void ks_metric_detach(ks_metrics_t *r, ks_metric_t *m);
+/* As ks_metric_detach, but only while ctx is the context the gauge calls
+ * (an owner that closes leaves a newer owner's registration alone). */
+void ks_metric_detach_ctx(ks_metrics_t *r, ks_metric_t *m, void *ctx);
 /* A histogram with the given upper bounds (strictly ascending, finite; the
  * +Inf bucket is implicit).  bounds NULL: KS_METRICS_LATENCY_BOUNDS. */
 ks_metric_t *ks_metrics_histogram(ks_metrics_t *r, const char *name, const char *help, const ks_metric_labels_t *labels,
@@ -198,6 +202,47 @@ static inline int ks_metrics_api_series(int api_key)
         return api_key;
 }
 
+/* Store requests are labelled by operation and result: counter series
+ * op * 2 + (ok ? 0 : 1), histogram series op. */
+enum {
+        KS_METRICS_OBJ_PUT,
+        KS_METRICS_OBJ_GET,
+        KS_METRICS_OBJ_LIST,
+        KS_METRICS_OBJ_DELETE,
+        KS_METRICS_OBJ_CHECK,
+        KS_METRICS_OBJ_OPS
+};
+enum {
+        KS_METRICS_KV_RANGE,
+        KS_METRICS_KV_PUT,
+        KS_METRICS_KV_DELETE,
+        KS_METRICS_KV_TXN,
+        KS_METRICS_KV_LEASE_GRANT,
+        KS_METRICS_KV_LEASE_KEEPALIVE,
+        KS_METRICS_KV_LEASE_REVOKE,
+        KS_METRICS_KV_WATCH,
+        KS_METRICS_KV_OPS
+};
+
+/* Monotonic time in seconds, for request durations. */
+static inline double ks_metrics_now(void)
+{
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* One store request of `op` that started at `t0` (ks_metrics_now) ended:
+ * counts it under result="ok" or "error" and observes its duration.
+ * Families may be NULL (nothing counted).  Any thread, atomics only. */
+static inline void ks_metrics_store_request(ks_metric_t *requests, ks_metric_t *duration, int op, bool ok, double t0)
+{
+        if (!requests && !duration)
+                return;
+        ks_metric_inc(requests, op * 2 + (ok ? 0 : 1));
+        ks_metric_observe(duration, op, ks_metrics_now() - t0);
+}
+
 /* Families the broker's core updates, registered in the default registry by
  * ks_metrics_std_init().  Meaning and alerting advice: docs/operations.md. */
 typedef struct ks_std_metrics {
@@ -225,6 +270,14 @@ typedef struct ks_std_metrics {
         ks_metric_t *objstore_up;       /* gauge 0/1: last object-store probe */
         ks_metric_t *metastore_up;      /* gauge 0/1: last metadata-store probe */
         ks_metric_t *start_time;        /* gauge: Unix time of start-up, seconds */
+        /* Stores (the ks_objstore_* and ks_kv_* entry points). */
+        ks_metric_t *objstore_requests; /* counter {op,result} */
+        ks_metric_t *objstore_duration; /* histogram {op}, seconds */
+        ks_metric_t *metastore_requests; /* counter {op,result} */
+        ks_metric_t *metastore_duration; /* histogram {op}, seconds */
+        /* Consumer groups (group.c; the state and member gauges are
+         * computed at scrape and registered by ks_groups_open). */
+        ks_metric_t *group_rebalances;  /* counter: rebalances started */
 } ks_std_metrics_t;
 
 /* NULL members until ks_metrics_std_init() has run. */

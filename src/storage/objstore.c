@@ -8,11 +8,62 @@
  */
 #include "storage/objstore.h"
 
+#include <stdbool.h>
+
 #include <errno.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+
+#include "metrics/metrics.h"
+
+/* ------------------------------------------------------------ entry points */
+
+static void counted(int op, bool ok, double t0)
+{
+        ks_metrics_store_request(ks_std_metrics.objstore_requests, ks_std_metrics.objstore_duration, op, ok, t0);
+}
+
+ks_err_t ks_objstore_put(ks_objstore_t *s, const char *key, const struct iovec *iov, int iovcnt)
+{
+        double t0 = ks_metrics_now();
+        ks_err_t err = s->ops->put(s, key, iov, iovcnt);
+        counted(KS_METRICS_OBJ_PUT, !err, t0);
+        return err;
+}
+
+ks_err_t ks_objstore_get(ks_objstore_t *s, const char *key, int64_t offset, int64_t len, ks_objbuf_t *out)
+{
+        double t0 = ks_metrics_now();
+        ks_err_t err = s->ops->get(s, key, offset, len, out);
+        counted(KS_METRICS_OBJ_GET, !err || err == KS_ERR__NOT_FOUND, t0);
+        return err;
+}
+
+ks_err_t ks_objstore_list(ks_objstore_t *s, const char *prefix, ks_objlist_t *out)
+{
+        double t0 = ks_metrics_now();
+        ks_err_t err = s->ops->list(s, prefix, out);
+        counted(KS_METRICS_OBJ_LIST, !err, t0);
+        return err;
+}
+
+ks_err_t ks_objstore_del(ks_objstore_t *s, const char *key)
+{
+        double t0 = ks_metrics_now();
+        ks_err_t err = s->ops->del(s, key);
+        counted(KS_METRICS_OBJ_DELETE, !err, t0);
+        return err;
+}
+
+ks_err_t ks_objstore_check(ks_objstore_t *s, char *err_msg, size_t err_len)
+{
+        double t0 = ks_metrics_now();
+        ks_err_t err = s->ops->check(s, err_msg, err_len);
+        counted(KS_METRICS_OBJ_CHECK, !err, t0);
+        return err;
+}
 
 void ks_objbuf_free(ks_objbuf_t *b)
 {

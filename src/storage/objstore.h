@@ -81,27 +81,18 @@ struct ks_objstore {
         const ks_objstore_ops_t *ops;
 };
 
-static inline ks_err_t ks_objstore_put(ks_objstore_t *s, const char *key, const struct iovec *iov, int iovcnt)
-{
-        return s->ops->put(s, key, iov, iovcnt);
-}
-static inline ks_err_t ks_objstore_get(ks_objstore_t *s, const char *key, int64_t offset, int64_t len,
-                                       ks_objbuf_t *out)
-{
-        return s->ops->get(s, key, offset, len, out);
-}
-static inline ks_err_t ks_objstore_list(ks_objstore_t *s, const char *prefix, ks_objlist_t *out)
-{
-        return s->ops->list(s, prefix, out);
-}
-static inline ks_err_t ks_objstore_del(ks_objstore_t *s, const char *key)
-{
-        return s->ops->del(s, key);
-}
-static inline ks_err_t ks_objstore_check(ks_objstore_t *s, char *err_msg, size_t err_len)
-{
-        return s->ops->check(s, err_msg, err_len);
-}
+/* The entry points every caller uses (objstore.c): each dispatches to the
+ * backend and counts the request in kafscale_object_store_requests_total
+ * {op,result} and kafscale_object_store_request_duration_seconds{op}
+ * (relaxed atomics, nothing else).  result="error" is any error except a
+ * get() of a missing object (KS_ERR__NOT_FOUND: the store answered).  A
+ * wrapper backend calls its inner backend's ops directly, so a request is
+ * counted once. */
+ks_err_t ks_objstore_put(ks_objstore_t *s, const char *key, const struct iovec *iov, int iovcnt);
+ks_err_t ks_objstore_get(ks_objstore_t *s, const char *key, int64_t offset, int64_t len, ks_objbuf_t *out);
+ks_err_t ks_objstore_list(ks_objstore_t *s, const char *prefix, ks_objlist_t *out);
+ks_err_t ks_objstore_del(ks_objstore_t *s, const char *key);
+ks_err_t ks_objstore_check(ks_objstore_t *s, char *err_msg, size_t err_len);
 static inline void ks_objstore_destroy(ks_objstore_t *s)
 {
         if (s)

@@ -52,7 +52,7 @@ static ks_err_t f_put(ks_objstore_t *s, const char *key, const struct iovec *iov
                 __atomic_add_fetch(&fs->f->injected, 1, __ATOMIC_SEQ_CST);
                 return KS_ERR__UNAVAILABLE;
         }
-        return ks_objstore_put(fs->inner, key, iov, iovcnt);
+        return fs->inner->ops->put(fs->inner, key, iov, iovcnt);
 }
 
 static ks_err_t f_get(ks_objstore_t *s, const char *key, int64_t offset, int64_t len, ks_objbuf_t *out)
@@ -63,22 +63,22 @@ static ks_err_t f_get(ks_objstore_t *s, const char *key, int64_t offset, int64_t
                 __atomic_add_fetch(&fs->f->injected, 1, __ATOMIC_SEQ_CST);
                 return KS_ERR__UNAVAILABLE;
         }
-        return ks_objstore_get(fs->inner, key, offset, len, out);
+        return fs->inner->ops->get(fs->inner, key, offset, len, out);
 }
 
 static ks_err_t f_list(ks_objstore_t *s, const char *prefix, ks_objlist_t *out)
 {
-        return ks_objstore_list(((faulty_t *)s)->inner, prefix, out);
+        return ((faulty_t *)s)->inner->ops->list(((faulty_t *)s)->inner, prefix, out);
 }
 
 static ks_err_t f_del(ks_objstore_t *s, const char *key)
 {
-        return ks_objstore_del(((faulty_t *)s)->inner, key);
+        return ((faulty_t *)s)->inner->ops->del(((faulty_t *)s)->inner, key);
 }
 
 static ks_err_t f_check(ks_objstore_t *s, char *msg, size_t len)
 {
-        return ks_objstore_check(((faulty_t *)s)->inner, msg, len);
+        return ((faulty_t *)s)->inner->ops->check(((faulty_t *)s)->inner, msg, len);
 }
 
 static void f_destroy(ks_objstore_t *s)

@@ -7,9 +7,11 @@ checked against what the test did and against librdkafka's own statistics;
 
 import http.client
 import json
+import re
 import socket
 import struct
 import time
+from pathlib import Path
 
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
@@ -19,6 +21,8 @@ from prometheus_client.parser import text_string_to_metric_families
 import conftest
 import kafka_wire as kw
 from test_s3_backend import BUCKET, S3rver
+
+DOCS = Path(__file__).resolve().parents[2] / "docs"
 
 N = 2000
 PARTITIONS = 2
@@ -232,11 +236,157 @@ def test_metrics_after_workload(broker):
     assert m.get("kafscale_network_received_bytes_total") >= m.get("kafscale_produce_bytes_total")
     assert m.get("kafscale_network_sent_bytes_total") >= m.get("kafscale_fetch_bytes_total")
 
+    # Object store: the produce flushed segments (puts), every request
+    # succeeded, and each one is in the latency histogram once.
+    assert m.types["kafscale_object_store_requests_total"] == "counter"
+    assert m.get("kafscale_object_store_requests_total", op="put", result="ok") > 0
+    assert m.get("kafscale_object_store_requests_total", op="check", result="ok") >= 1  # readiness
+    assert m.get("kafscale_object_store_requests_total", result="error") == 0
+    for op in ("put", "get", "list", "delete", "check"):
+        total = m.get("kafscale_object_store_requests_total", op=op)
+        assert m.get("kafscale_object_store_request_duration_seconds_count", op=op) == total, op
+    # Metadata store: segment commits (txn), the readiness reads (range), no
+    # errors; histogram counts match.
+    assert m.get("kafscale_metadata_store_requests_total", op="txn", result="ok") > 0
+    assert m.get("kafscale_metadata_store_requests_total", op="range", result="ok") >= 1
+    assert m.get("kafscale_metadata_store_requests_total", result="error") == 0
+    for labels, v in m.series("kafscale_metadata_store_requests_total"):
+        assert labels["op"] in ("range", "put", "delete", "txn", "lease_grant", "lease_keepalive", "lease_revoke",
+                                "watch"), labels
+    for op in ("range", "put", "txn"):
+        total = m.get("kafscale_metadata_store_requests_total", op=op)
+        assert m.get("kafscale_metadata_store_request_duration_seconds_count", op=op) == total, op
+
     # Health.
     assert m.get("kafscale_ready") == 1
     assert m.get("kafscale_object_store_up") == 1
     assert m.get("kafscale_metadata_store_up") == 1
     assert t_start - 60 <= m.get("kafscale_start_time_seconds") <= time.time()
+
+
+GROUP = "metrics-group"
+
+
+def group_gauges(port):
+    m = Scrape(port)
+    states = {l["state"]: v for (l, v) in m.series("kafscale_consumer_groups")}
+    return m, states, m.get("kafscale_consumer_group_members")
+
+
+def test_consumer_group_metrics(broker):
+    """A consumer in a group: the group shows Stable with one member while it
+    is in; Empty with none after it leaves; one rebalance counted."""
+    port = broker.metrics_port
+    bs = broker.bootstrap
+    topic = "metrics-group-topic"
+    admin = AdminClient({"bootstrap.servers": bs})
+    admin.create_topics([NewTopic(topic, 1, 1)])[topic].result(10)
+    m, states, members = group_gauges(port)
+    assert m.types["kafscale_consumer_groups"] == "gauge"
+    assert set(states) == {"Empty", "PreparingRebalance", "CompletingRebalance", "Stable", "Dead"}
+    assert sum(states.values()) == 0 and members == 0
+    assert m.get("kafscale_consumer_group_rebalances_total") == 0
+
+    c = Consumer({"bootstrap.servers": bs, "group.id": GROUP, "session.timeout.ms": 10000,
+                  "auto.offset.reset": "earliest"})
+    try:
+        c.subscribe([topic])
+        deadline = time.monotonic() + 30
+        while not c.assignment() and time.monotonic() < deadline:
+            c.poll(0.2)
+        assert c.assignment(), "no assignment"
+
+        def stable():
+            c.poll(0.1)
+            _, st, mem = group_gauges(port)
+            return (st, mem) if st["Stable"] == 1 and mem == 1 else None
+        states, members = wait_for(stable, 15, "the group Stable with one member")
+        assert sum(states.values()) == 1
+        assert Scrape(port).get("kafscale_consumer_group_rebalances_total") == 1
+    finally:
+        c.close()  # LeaveGroup
+
+    def empty():
+        _, st, mem = group_gauges(port)
+        return (st, mem) if st["Empty"] == 1 and mem == 0 else None
+    states, members = wait_for(empty, 15, "the group Empty with no members after the consumer left")
+    assert sum(states.values()) == 1
+    assert Scrape(port).get("kafscale_consumer_group_rebalances_total") == 1
+
+
+# Suffixes Prometheus adds to a histogram's series.
+HIST_SUFFIXES = ("_bucket", "_sum", "_count")
+
+
+def dashboard_metrics():
+    """Every kafscale_ metric the dashboard's queries name (histogram series
+    reduced to their family)."""
+    dash = json.loads((DOCS / "grafana-dashboard.json").read_text())
+    exprs = []
+
+    def walk(panels):
+        for p in panels:
+            exprs.extend(t["expr"] for t in p.get("targets", []))
+            walk(p.get("panels", []))
+    walk(dash["panels"])
+    for v in dash["templating"]["list"]:
+        if v.get("definition"):
+            exprs.append(v["definition"])
+    names = set()
+    for e in exprs:
+        for n in re.findall(r"\bkafscale_[a-zA-Z0-9_]+", e):
+            for suf in HIST_SUFFIXES:
+                if n.endswith(suf):
+                    n = n[: -len(suf)]
+            names.add(n)
+    return dash, exprs, names
+
+
+def test_grafana_dashboard_names_only_real_metrics(broker):
+    """Every metric the sample dashboard queries is exposed by a broker after
+    a produce/consume/group workload, or documented in docs/operations.md
+    (the cluster-mode gauges, absent in embedded mode); and every family a
+    broker exposes is documented."""
+    dash, exprs, names = dashboard_metrics()
+    assert 30 <= dash["schemaVersion"] <= 45
+    assert any(v["name"] == "DS_PROMETHEUS" and v["type"] == "datasource" for v in dash["templating"]["list"])
+    for p in dash["panels"]:
+        if p["type"] != "row":
+            assert p["datasource"]["uid"] == "${DS_PROMETHEUS}", p["title"]
+    assert len(exprs) >= 20 and len(names) >= 25
+
+    bs = broker.bootstrap
+    topic = "dash-topic"
+    admin = AdminClient({"bootstrap.servers": bs})
+    admin.create_topics([NewTopic(topic, 1, 1)])[topic].result(10)
+    p = Producer({"bootstrap.servers": bs, "acks": "all"})
+    for i in range(20):
+        p.produce(topic, value=b"v%d" % i)
+    assert p.flush(30) == 0
+    c = Consumer({"bootstrap.servers": bs, "group.id": "dash-group", "auto.offset.reset": "earliest"})
+    c.subscribe([topic])
+    got, deadline = 0, time.monotonic() + 30
+    while got < 20 and time.monotonic() < deadline:
+        msg = c.poll(0.5)
+        if msg is not None and not msg.error():
+            got += 1
+    c.commit(asynchronous=False)
+    c.close()
+    assert got == 20
+
+    exposed = {f.name for f in Scrape(broker.metrics_port).families}
+    # prometheus_client drops a counter's _total from the family name.
+    exposed |= {n + "_total" for n in exposed}
+    doc = (DOCS / "operations.md").read_text()
+    documented = set(re.findall(r"`(kafscale_[a-zA-Z0-9_]+)`", doc))
+    missing = sorted(n for n in names if n not in exposed and n not in documented)
+    assert not missing, "dashboard queries metrics that do not exist: %s" % missing
+    for n in ("kafscale_object_store_requests_total", "kafscale_metadata_store_requests_total",
+              "kafscale_consumer_groups", "kafscale_cluster_live_brokers", "kafscale_ready"):
+        assert n in names, n
+    undocumented = sorted(f.name for f in Scrape(broker.metrics_port).families
+                          if f.name not in documented and f.name + "_total" not in documented)
+    assert not undocumented, "metrics missing from docs/operations.md: %s" % undocumented
 
 
 def test_http_errors_and_content_types(broker):

@@ -15,7 +15,9 @@
 #include <unistd.h>
 
 #include "http/http.h"
+#include "meta/kv.h"
 #include "metrics/metrics.h"
+#include "storage/objstore.h"
 #include "test.h"
 #include "util/log.h"
 
@@ -259,6 +261,122 @@ TEST(metrics_gauge_fn_and_detach)
         free(ks_metrics_render(r, NULL));
         CHECK_EQ_INT(cc.calls, 2);
         ks_metrics_destroy(r);
+}
+
+TEST(metrics_gauge_fn_detach_ctx_leaves_a_newer_owner)
+{
+        ks_metrics_t *r = ks_metrics_new();
+        REQUIRE(r != NULL);
+        collect_ctx_t a = { 0 }, b = { 0 };
+        ks_metric_labels_t lab = { .nseries = 3, .name = "color", .values = colors };
+        ks_metric_t *g = ks_metrics_gauge_fn(r, "t_fn", "Computed.", &lab, collect_three, &a);
+        REQUIRE(g != NULL);
+        CHECK(ks_metrics_gauge_fn(r, "t_fn", "Computed.", &lab, collect_three, &b) == g);
+        ks_metric_detach_ctx(r, g, &a); /* the older owner closes: b stays */
+        free(ks_metrics_render(r, NULL));
+        CHECK_EQ_INT(a.calls, 0);
+        CHECK_EQ_INT(b.calls, 1);
+        ks_metric_detach_ctx(r, g, &b);
+        free(ks_metrics_render(r, NULL));
+        CHECK_EQ_INT(b.calls, 1);
+        ks_metrics_destroy(r);
+}
+
+/* --- store requests ------------------------------------------------------- */
+
+#define OBJ(op, ok) ((op) * 2 + ((ok) ? 0 : 1))
+
+TEST(metrics_object_store_requests_counted_at_the_entry_points)
+{
+        REQUIRE(ks_metrics_std_init() == 0);
+        ks_metric_t *c = ks_std_metrics.objstore_requests, *h = ks_std_metrics.objstore_duration;
+        REQUIRE(c && h);
+        int64_t put_ok = ks_metric_value(c, OBJ(KS_METRICS_OBJ_PUT, 1));
+        int64_t put_err = ks_metric_value(c, OBJ(KS_METRICS_OBJ_PUT, 0));
+        int64_t get_ok = ks_metric_value(c, OBJ(KS_METRICS_OBJ_GET, 1));
+        int64_t list_ok = ks_metric_value(c, OBJ(KS_METRICS_OBJ_LIST, 1));
+        int64_t del_ok = ks_metric_value(c, OBJ(KS_METRICS_OBJ_DELETE, 1));
+        int64_t check_ok = ks_metric_value(c, OBJ(KS_METRICS_OBJ_CHECK, 1));
+        int64_t put_n = ks_metric_hist_count(h, KS_METRICS_OBJ_PUT);
+        ks_objstore_t *s = NULL;
+        REQUIRE(ks_objstore_memory_new(&s) == 0);
+        struct iovec iov = { .iov_base = "abc", .iov_len = 3 };
+        CHECK_EQ_INT(ks_objstore_put(s, "t/a", &iov, 1), 0);
+        CHECK_EQ_INT(ks_objstore_put(s, "t/b", &iov, 1), 0);
+        CHECK(ks_objstore_put(s, "bad//key", &iov, 1) != 0);
+        ks_objbuf_t buf = { 0 };
+        CHECK_EQ_INT(ks_objstore_get(s, "t/a", 0, -1, &buf), 0);
+        ks_objbuf_free(&buf);
+        CHECK_EQ_INT(ks_objstore_get(s, "t/none", 0, -1, &buf), KS_ERR__NOT_FOUND); /* an answer, not an error */
+        ks_objlist_t l = { 0 };
+        CHECK_EQ_INT(ks_objstore_list(s, "t/", &l), 0);
+        ks_objlist_free(&l);
+        CHECK_EQ_INT(ks_objstore_del(s, "t/a"), 0);
+        CHECK_EQ_INT(ks_objstore_check(s, NULL, 0), 0);
+        ks_objstore_destroy(s);
+        CHECK_EQ_INT(ks_metric_value(c, OBJ(KS_METRICS_OBJ_PUT, 1)) - put_ok, 2);
+        CHECK_EQ_INT(ks_metric_value(c, OBJ(KS_METRICS_OBJ_PUT, 0)) - put_err, 1);
+        CHECK_EQ_INT(ks_metric_value(c, OBJ(KS_METRICS_OBJ_GET, 1)) - get_ok, 2);
+        CHECK_EQ_INT(ks_metric_value(c, OBJ(KS_METRICS_OBJ_LIST, 1)) - list_ok, 1);
+        CHECK_EQ_INT(ks_metric_value(c, OBJ(KS_METRICS_OBJ_DELETE, 1)) - del_ok, 1);
+        CHECK_EQ_INT(ks_metric_value(c, OBJ(KS_METRICS_OBJ_CHECK, 1)) - check_ok, 1);
+        CHECK_EQ_INT(ks_metric_hist_count(h, KS_METRICS_OBJ_PUT) - put_n, 3);
+        char *text = ks_metrics_render(ks_metrics_default(), NULL);
+        REQUIRE(text != NULL);
+        CHECK(strstr(text, "kafscale_object_store_requests_total{op=\"put\",result=\"error\"} ") != NULL);
+        CHECK(strstr(text, "kafscale_object_store_request_duration_seconds_count{op=\"check\"} ") != NULL);
+        free(text);
+}
+
+TEST(metrics_metadata_store_requests_counted_at_the_entry_points)
+{
+        REQUIRE(ks_metrics_std_init() == 0);
+        ks_metric_t *c = ks_std_metrics.metastore_requests, *h = ks_std_metrics.metastore_duration;
+        REQUIRE(c && h);
+        int64_t before[KS_METRICS_KV_OPS * 2];
+        for (int i = 0; i < KS_METRICS_KV_OPS * 2; i++)
+                before[i] = ks_metric_value(c, i);
+        int64_t txn_n = ks_metric_hist_count(h, KS_METRICS_KV_TXN);
+        ks_kv_t *kv = NULL;
+        REQUIRE(ks_kv_memory_new(NULL, &kv) == 0);
+        CHECK_EQ_INT(ks_kv_put(kv, "k", 1, "v", 1, 0, NULL), 0);
+        ks_kv_result_t res = { 0 };
+        CHECK_EQ_INT(ks_kv_range(kv, "k", 1, NULL, 0, &res), 0);
+        ks_kv_result_free(&res);
+        ks_kv_cmp_t cmp = { .key = "k", .key_len = 1, .target = KS_KV_CMP_VERSION, .op = KS_KV_EQUAL, .number = 7 };
+        bool ok = true;
+        CHECK_EQ_INT(ks_kv_txn(kv, &cmp, 1, NULL, 0, NULL, 0, &ok, NULL), 0); /* compare fails: still "ok" */
+        CHECK(!ok);
+        int64_t lease = 0;
+        CHECK_EQ_INT(ks_kv_lease_grant(kv, 10, &lease), 0);
+        CHECK_EQ_INT(ks_kv_lease_keepalive(kv, lease, NULL), 0);
+        CHECK_EQ_INT(ks_kv_lease_revoke(kv, lease), 0);
+        CHECK_EQ_INT(ks_kv_lease_keepalive(kv, lease, NULL), KS_ERR__LEASE_LOST);
+        CHECK_EQ_INT(ks_kv_delete_range(kv, "k", 1, NULL, 0, NULL, NULL), 0);
+        ks_kv_destroy(kv);
+        const struct {
+                int op;
+                bool ok;
+                int64_t n;
+        } want[] = {
+                { KS_METRICS_KV_PUT, true, 1 },          { KS_METRICS_KV_RANGE, true, 1 },
+                { KS_METRICS_KV_TXN, true, 1 },          { KS_METRICS_KV_LEASE_GRANT, true, 1 },
+                { KS_METRICS_KV_LEASE_KEEPALIVE, true, 1 }, { KS_METRICS_KV_LEASE_KEEPALIVE, false, 1 },
+                { KS_METRICS_KV_LEASE_REVOKE, true, 1 }, { KS_METRICS_KV_DELETE, true, 1 },
+                { KS_METRICS_KV_WATCH, true, 0 },
+        };
+        for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++) {
+                int sr = OBJ(want[i].op, want[i].ok);
+                CHECK_EQ_INT(ks_metric_value(c, sr) - before[sr], want[i].n);
+        }
+        CHECK_EQ_INT(ks_metric_hist_count(h, KS_METRICS_KV_TXN) - txn_n, 1);
+        char *text = ks_metrics_render(ks_metrics_default(), NULL);
+        REQUIRE(text != NULL);
+        CHECK(strstr(text, "kafscale_metadata_store_requests_total{op=\"lease_keepalive\",result=\"error\"} ") !=
+              NULL);
+        CHECK(strstr(text, "kafscale_metadata_store_request_duration_seconds_bucket{op=\"txn\",le=\"+Inf\"} ") !=
+              NULL);
+        free(text);
 }
 
 /* --- concurrency ---------------------------------------------------------- */
