@@ -1130,8 +1130,16 @@ static ks_err_t producers_admit(ks_partition_t *p, const ks_batch_info_t *infos,
                         if (work[j].id == bi->producer_id)
                                 w = &work[j];
                 if (!w) {
+                        const ks_producer_t *cur = ks_producers_get(&p->producers, bi->producer_id);
+                        if (!cur) {
+                                /* Evicted by another producer of this very
+                                 * append (the table was full of producers
+                                 * active this millisecond): retriable. */
+                                err = KS_ERR__NOMEM;
+                                break;
+                        }
                         w = &work[nwork++];
-                        *w = *ks_producers_get(&p->producers, bi->producer_id);
+                        *w = *cur;
                 }
                 int32_t last_seq = ks_pseq_last(bi->base_sequence, bi->records_count);
                 ks_pbatch_t d;
