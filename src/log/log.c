@@ -23,6 +23,7 @@
  */
 #include "log/log.h"
 #include "log/producers.h"
+#include "metrics/metrics.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -342,6 +343,7 @@ static void lru_unlink_locked(ks_log_t *log, segdata_t *d)
         d->lru_prev = d->lru_next = NULL;
         d->in_lru = false;
         log->cache_used -= segdata_cost(d);
+        ks_metric_set(ks_std_metrics.cache_bytes, 0, (int64_t)log->cache_used);
 }
 
 static void lru_push_locked(ks_log_t *log, segdata_t *d)
@@ -355,6 +357,7 @@ static void lru_push_locked(ks_log_t *log, segdata_t *d)
                 log->lru_tail = d;
         d->in_lru = true;
         log->cache_used += segdata_cost(d);
+        ks_metric_set(ks_std_metrics.cache_bytes, 0, (int64_t)log->cache_used);
 }
 
 /* Marks d recently used (caller holds d's partition lock). */
@@ -1075,6 +1078,13 @@ static void upload_job(void *arg)
                 cache_evict(log);
         }
         storage_health_log(log);
+        int result = !err ? KS_METRICS_FLUSH_OK : err == KS_ERR__CONFLICT ? KS_METRICS_FLUSH_FENCED
+                                                                         : KS_METRICS_FLUSH_ERROR;
+        ks_metric_inc(ks_std_metrics.flushes, result);
+        if (!err) {
+                ks_metric_add(ks_std_metrics.flush_bytes, 0, (int64_t)m.size_bytes);
+                ks_metric_observe(ks_std_metrics.flush_duration, 0, (double)(now_ms() - t0) / 1000.0);
+        }
         deliver(pw, pw_err, fw);
         if (next_flush >= 0)
                 schedule_flush(log, p, next_flush);
@@ -1342,11 +1352,13 @@ ks_err_t ks_partition_read(ks_partition_t *p, int64_t offset, size_t max_bytes, 
         segdata_t *d = i >= 0 ? p->segs[i].data : NULL;
         if (!d) {
                 pthread_mutex_unlock(&p->lock);
+                ks_metric_inc(ks_std_metrics.cache_misses, 0);
                 return KS_ERR__NOT_FOUND;
         }
         segdata_ref(d);
         cache_touch(p->log, d);
         pthread_mutex_unlock(&p->lock);
+        ks_metric_inc(ks_std_metrics.cache_hits, 0);
 
         ks_err_t err = segdata_read(d, offset, max_bytes, out);
         segdata_unref(d);

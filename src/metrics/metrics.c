@@ -736,6 +736,24 @@ static void std_create(void)
                                                 "Consumer group rebalances started (a group entering "
                                                 "PreparingRebalance).",
                                                 NULL);
+        static const char *const flush_results[] = { "ok", "error", "fenced" };
+        const ks_metric_labels_t flush_result = { .nseries = KS_METRICS_FLUSH_RESULTS, .name = "result",
+                                                  .values = flush_results };
+        n.flushes = ks_metrics_counter(r, "kafscale_flushes_total",
+                                       "Segment flushes (upload and commit) by result: ok, error (retried), fenced "
+                                       "(ownership lost).",
+                                       &flush_result);
+        n.flush_bytes = ks_metrics_counter(r, "kafscale_flush_bytes_total",
+                                           "Bytes of the segment objects (.kfs) whose flush committed.", NULL);
+        n.flush_duration = ks_metrics_histogram(r, "kafscale_flush_duration_seconds",
+                                                "Time from the start of a segment upload to its commit.", NULL, NULL,
+                                                0);
+        n.cache_hits = ks_metrics_counter(r, "kafscale_cache_hits_total",
+                                          "Partition reads served from the segment cache.", NULL);
+        n.cache_misses = ks_metrics_counter(r, "kafscale_cache_misses_total",
+                                            "Partition reads that had to load a segment from the object store.",
+                                            NULL);
+        n.cache_bytes = ks_metrics_gauge(r, "kafscale_cache_bytes", "Bytes held by the segment cache.", NULL);
         ks_metric_t **fields = (ks_metric_t **)&n;
         for (size_t i = 0; i < sizeof(n) / sizeof(ks_metric_t *); i++)
                 if (!fields[i])

@@ -278,7 +278,17 @@ typedef struct ks_std_metrics {
         /* Consumer groups (group.c; the state and member gauges are
          * computed at scrape and registered by ks_groups_open). */
         ks_metric_t *group_rebalances;  /* counter: rebalances started */
+        /* Partition logs (log.c). */
+        ks_metric_t *flushes;           /* counter {result}: KS_METRICS_FLUSH_* */
+        ks_metric_t *flush_bytes;       /* counter: bytes of segments committed */
+        ks_metric_t *flush_duration;    /* histogram: upload + commit, seconds */
+        ks_metric_t *cache_hits;        /* counter: reads served from the segment cache */
+        ks_metric_t *cache_misses;      /* counter: reads that had to load a segment */
+        ks_metric_t *cache_bytes;       /* gauge: bytes held by the segment cache */
 } ks_std_metrics_t;
+
+/* Flush outcomes (series of ks_std_metrics.flushes). */
+enum { KS_METRICS_FLUSH_OK, KS_METRICS_FLUSH_ERROR, KS_METRICS_FLUSH_FENCED, KS_METRICS_FLUSH_RESULTS };
 
 /* NULL members until ks_metrics_std_init() has run. */
 extern ks_std_metrics_t ks_std_metrics;

@@ -236,6 +236,15 @@ def test_metrics_after_workload(broker):
     assert m.get("kafscale_network_received_bytes_total") >= m.get("kafscale_produce_bytes_total")
     assert m.get("kafscale_network_sent_bytes_total") >= m.get("kafscale_fetch_bytes_total")
 
+    # Flushes: every one committed, one per .kfs put, and the consumer's
+    # reads were served from the cache (hot tail).
+    assert m.get("kafscale_flushes_total", result="ok") > 0
+    assert m.get("kafscale_flushes_total", result="error") == 0
+    assert m.get("kafscale_flushes_total", result="fenced") == 0
+    assert m.get("kafscale_flush_duration_seconds_count") == m.get("kafscale_flushes_total", result="ok")
+    assert m.get("kafscale_flush_bytes_total") >= m.get("kafscale_produce_bytes_total")
+    assert m.get("kafscale_cache_hits_total") > 0
+    assert m.get("kafscale_cache_bytes") > 0
     # Object store: the produce flushed segments (puts), every request
     # succeeded, and each one is in the latency histogram once.
     assert m.types["kafscale_object_store_requests_total"] == "counter"
