@@ -108,17 +108,7 @@ class Broker:
         return "%s:%d" % (self.host, self.port)
 
     def env(self):
-        env = {k: v for k, v in os.environ.items() if not k.startswith("KAFSCALE_")}
-        env.update({
-            "KAFSCALE_DATA_DIR": str(self.data_dir),
-            "KAFSCALE_BROKER_ADDR": "%s:%d" % (self.host, self.port),
-            "KAFSCALE_BROKER_HOST": self.host,
-            "KAFSCALE_BROKER_PORT": str(self.port),
-            "KAFSCALE_METRICS_ADDR": "%s:%d" % (self.host, self.metrics_port),
-            "KAFSCALE_LOG_LEVEL": "debug",
-        })
-        env.update(self.extra_env)
-        return env
+        return harness.broker_env(self.host, self.port, self.metrics_port, self.data_dir, self.extra_env)
 
     @property
     def objects(self):

@@ -212,6 +212,24 @@ def unb64(text):
     return base64.b64decode(text or "")
 
 
+def broker_env(host, port, metrics_port, data_dir, extra_env=None, **more):
+    """A broker's environment: this process's without any KAFSCALE_ setting,
+    then the listener, advertised address, metrics address, data dir and
+    debug logging, then `more`, then `extra_env` (which wins)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KAFSCALE_")}
+    env.update({
+        "KAFSCALE_DATA_DIR": str(data_dir),
+        "KAFSCALE_BROKER_ADDR": "%s:%d" % (host, port),
+        "KAFSCALE_BROKER_HOST": host,
+        "KAFSCALE_BROKER_PORT": str(port),
+        "KAFSCALE_METRICS_ADDR": "%s:%d" % (host, metrics_port),
+        "KAFSCALE_LOG_LEVEL": "debug",
+    })
+    env.update(more)
+    env.update(extra_env or {})
+    return env
+
+
 def prefix_end(prefix):
     """etcd range_end for all keys starting with prefix."""
     p = bytearray(prefix.encode() if isinstance(prefix, str) else prefix)
@@ -877,18 +895,8 @@ class ClusterBroker:
         return "%s:%d" % (self.host, self.port)
 
     def env(self):
-        env = {k: v for k, v in os.environ.items() if not k.startswith("KAFSCALE_")}
-        env.update({
-            "KAFSCALE_BROKER_ID": str(self.id),
-            "KAFSCALE_DATA_DIR": str(self.data_dir),
-            "KAFSCALE_BROKER_ADDR": "%s:%d" % (self.host, self.port),
-            "KAFSCALE_BROKER_HOST": self.host,
-            "KAFSCALE_BROKER_PORT": str(self.port),
-            "KAFSCALE_METRICS_ADDR": "%s:%d" % (self.host, self.metrics_port),
-            "KAFSCALE_LOG_LEVEL": "debug",
-        })
-        env.update(self.extra_env)
-        return env
+        return broker_env(self.host, self.port, self.metrics_port, self.data_dir, self.extra_env,
+                          KAFSCALE_BROKER_ID=str(self.id))
 
     # --- logs ------------------------------------------------------------
     def note(self, text):
