@@ -69,7 +69,7 @@ void ks_broker_write_snapshot(ks_broker_t *b);
  * and stops serving / stops serving at once. */
 void ks_broker_partition_acquired(void *opaque, const char *topic, int32_t partition, int32_t epoch);
 void ks_broker_partition_release(void *opaque, const char *topic, int32_t partition);
-void ks_broker_partition_lost(void *opaque, const char *topic, int32_t partition);
+void ks_broker_partition_lost(void *opaque, const char *topic, int32_t partition, bool deleted);
 
 /* The log's fence callback (ks_log_config_t.fence; `opaque` the broker). */
 void ks_broker_fence(void *opaque, const char *topic, int32_t partition, int32_t epoch, char *keybuf, size_t keylen,

@@ -9,7 +9,8 @@
  *    is opened first if this broker has not seen it yet;
  *  - partition_release (hand-over) → flush and commit what is buffered,
  *    then stop serving; partition_lost → stop serving at once, drop what is
- *    buffered (it was never acknowledged);
+ *    buffered (it was never acknowledged); a deleted partition answers
+ *    UNKNOWN_TOPIC_OR_PARTITION from then on, parked fetches included;
  *  - every commit carries the fence compare of the epoch its records were
  *    written at (ks_broker_fence, the log's fence callback);
  *  - a reconcile pass after topic syncs (broker/topic_sync.h) retries what
@@ -112,7 +113,7 @@ static void take(ks_broker_t *b, const char *topic, int32_t partition, int32_t e
                 }
                 /* Still serving an earlier term: nothing of it can commit
                  * any more (fenced); drop it before the new one. */
-                ks_partition_give_up_ownership(p, false, 0);
+                ks_partition_give_up_ownership(p, KS_GIVE_UP_LOST, 0);
         }
         ks_err_t err = 0;
         for (int i = 0; i < attempts; i++) {
@@ -142,12 +143,12 @@ void ks_broker_partition_acquired(void *opaque, const char *topic, int32_t parti
         pthread_mutex_unlock(&b->own_mu);
 }
 
-static void give_up(ks_broker_t *b, const char *topic, int32_t partition, bool flush)
+static void give_up(ks_broker_t *b, const char *topic, int32_t partition, ks_give_up_t why)
 {
         pthread_mutex_lock(&b->own_mu);
         ks_partition_t *p = ks_log_partition(b->log, (ks_str_t){ topic, (int32_t)strlen(topic) }, partition);
         if (p) {
-                ks_partition_give_up_ownership(p, flush, flush ? RELEASE_FLUSH_TIMEOUT_MS : 0);
+                ks_partition_give_up_ownership(p, why, why == KS_GIVE_UP_HAND_OVER ? RELEASE_FLUSH_TIMEOUT_MS : 0);
                 ks_partition_release(p);
         }
         pthread_mutex_unlock(&b->own_mu);
@@ -155,12 +156,12 @@ static void give_up(ks_broker_t *b, const char *topic, int32_t partition, bool f
 
 void ks_broker_partition_release(void *opaque, const char *topic, int32_t partition)
 {
-        give_up(opaque, topic, partition, true);
+        give_up(opaque, topic, partition, KS_GIVE_UP_HAND_OVER);
 }
 
-void ks_broker_partition_lost(void *opaque, const char *topic, int32_t partition)
+void ks_broker_partition_lost(void *opaque, const char *topic, int32_t partition, bool deleted)
 {
-        give_up(opaque, topic, partition, false);
+        give_up(opaque, topic, partition, deleted ? KS_GIVE_UP_DELETED : KS_GIVE_UP_LOST);
 }
 
 /* Reconcile one open topic; own_mu held. */

@@ -1711,7 +1711,7 @@ static void rebalance_pass(ks_cluster_t *c)
                         ks_log_warn("partition_lost", "topic=%s partition=%d reason=%s", a->name, a->partition,
                                     a->delete_key ? "partition_deleted" : "lease_key_gone");
                         if (c->hooks.partition_lost)
-                                c->hooks.partition_lost(c->opaque, a->name, a->partition);
+                                c->hooks.partition_lost(c->opaque, a->name, a->partition, a->delete_key);
                         if (a->delete_key) {
                                 lkl = plkey(lk, sizeof(lk), a->name, a->partition);
                                 delete_lease_key(c, lk, (size_t)lkl, a->rev);
@@ -1829,7 +1829,7 @@ static void session_lost(ks_cluster_t *c)
                     (long long)c->ttl_ms, parts.n, groups.n);
         for (size_t i = 0; i < parts.n; i++)
                 if (c->hooks.partition_lost)
-                        c->hooks.partition_lost(c->opaque, parts.v[i], parts.p[i]);
+                        c->hooks.partition_lost(c->opaque, parts.v[i], parts.p[i], false);
         for (size_t i = 0; i < groups.n; i++)
                 if (c->hooks.group_lost)
                         c->hooks.group_lost(c->opaque, groups.v[i]);

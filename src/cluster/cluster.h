@@ -102,9 +102,9 @@ typedef struct ks_cluster_hooks {
         void (*partition_release)(void *opaque, const char *topic, int32_t partition);
         /* Ownership lost without a hand-over: this broker's lease expired or
          * was lost, the lease key was taken away, or the partition was
-         * deleted.  Stop serving at once; nothing buffered may be
-         * acknowledged any more (commits are fenced already). */
-        void (*partition_lost)(void *opaque, const char *topic, int32_t partition);
+         * deleted (`deleted`).  Stop serving at once; nothing buffered may
+         * be acknowledged any more (commits are fenced already). */
+        void (*partition_lost)(void *opaque, const char *topic, int32_t partition, bool deleted);
         /* The same for consumer-group coordination (no epoch). */
         void (*group_acquired)(void *opaque, const char *group);
         void (*group_release)(void *opaque, const char *group);

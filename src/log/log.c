@@ -1923,12 +1923,17 @@ ks_err_t ks_partition_take_ownership(ks_partition_t *p, int32_t epoch)
         return 0;
 }
 
-void ks_partition_give_up_ownership(ks_partition_t *p, bool flush, int64_t flush_timeout_ms)
+void ks_partition_give_up_ownership(ks_partition_t *p, ks_give_up_t why, int64_t flush_timeout_ms)
 {
         ks_log_t *log = p->log;
+        bool flush = why == KS_GIVE_UP_HAND_OVER;
         pthread_mutex_lock(&p->lock);
+        if (why == KS_GIVE_UP_DELETED)
+                p->dropped = true; /* the topic close that follows finds it so */
         if (!p->serving) {
+                ks_fetch_waiter_t *fw = why == KS_GIVE_UP_DELETED ? take_fetch_waiters(p) : NULL;
                 pthread_mutex_unlock(&p->lock);
+                deliver(NULL, KS_ERR_UNKNOWN_TOPIC_OR_PARTITION, fw);
                 return;
         }
         p->serving = false; /* new appends and reads are refused from here on */
@@ -1963,7 +1968,7 @@ void ks_partition_give_up_ownership(ks_partition_t *p, bool flush, int64_t flush
         else
                 ks_log_info("partition_not_serving", "topic=%s partition=%d committed_end=%lld", p->topic, p->index,
                             (long long)hwm);
-        deliver(pw, KS_ERR_NOT_LEADER_OR_FOLLOWER, fw);
+        deliver(pw, p->dropped ? KS_ERR_UNKNOWN_TOPIC_OR_PARTITION : KS_ERR_NOT_LEADER_OR_FOLLOWER, fw);
 }
 
 ks_partition_t *ks_log_partition(ks_log_t *log, ks_str_t topic, int32_t partition)

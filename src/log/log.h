@@ -153,13 +153,20 @@ int ks_partition_epoch_history(ks_partition_t *p, ks_epoch_entry_t *out, int cap
  * broker may have written it meanwhile), then it serves.  BLOCKING. */
 ks_err_t ks_partition_take_ownership(ks_partition_t *p, int32_t epoch);
 
-/* Stops serving at once (appends and reads answer NOT_LEADER_OR_FOLLOWER).
- * flush: what is buffered is flushed and committed first (a hand-over),
- * waiting at most flush_timeout_ms; without flush (ownership lost) or after
- * the timeout, what is still buffered is dropped — it was never
- * acknowledged — and its producers get NOT_LEADER_OR_FOLLOWER.  Parked
- * fetches are woken.  BLOCKING. */
-void ks_partition_give_up_ownership(ks_partition_t *p, bool flush, int64_t flush_timeout_ms);
+/* Why a broker stops serving a partition. */
+typedef enum ks_give_up {
+        KS_GIVE_UP_HAND_OVER, /* another broker takes it: flush and commit first */
+        KS_GIVE_UP_LOST,      /* ownership lost: stop at once */
+        KS_GIVE_UP_DELETED,   /* the partition no longer exists: stop at once */
+} ks_give_up_t;
+
+/* Stops serving at once (appends and reads answer NOT_LEADER_OR_FOLLOWER;
+ * after KS_GIVE_UP_DELETED, UNKNOWN_TOPIC_OR_PARTITION for good).
+ * A hand-over flushes and commits what is buffered first, waiting at most
+ * flush_timeout_ms; otherwise, or after the timeout, what is still buffered
+ * is dropped — it was never acknowledged — and its producers get the error
+ * above.  Parked fetches are woken.  BLOCKING. */
+void ks_partition_give_up_ownership(ks_partition_t *p, ks_give_up_t why, int64_t flush_timeout_ms);
 
 /* Offsets (snapshot under the partition lock). */
 typedef struct ks_partition_offsets {

@@ -140,7 +140,7 @@ static void cut_set(ks_kv_t *kv, bool cut)
 /* ------------------------------------------------------------ the hook journal */
 
 typedef struct jev {
-        char type; /* 'A' acquired, 'R' release, 'L' lost; 'a', 'r', 'l' the same for groups */
+        char type; /* 'A' acquired, 'R' release, 'L' lost, 'D' lost as deleted; 'a', 'r', 'l' the same for groups */
         int32_t broker;
         char name[64];
         int32_t partition;
@@ -240,10 +240,10 @@ static void h_p_release(void *o, const char *t, int32_t p)
         snprintf(e.name, sizeof(e.name), "%s", t);
         journal_add(e);
 }
-static void h_p_lost(void *o, const char *t, int32_t p)
+static void h_p_lost(void *o, const char *t, int32_t p, bool deleted)
 {
         tb_t *b = o;
-        jev_t e = { .type = 'L', .broker = b->id, .partition = p, .holder_at_hook = -1 };
+        jev_t e = { .type = deleted ? 'D' : 'L', .broker = b->id, .partition = p, .holder_at_hook = -1 };
         snprintf(e.name, sizeof(e.name), "%s", t);
         journal_add(e);
 }
@@ -1034,7 +1034,7 @@ TEST(cluster_follows_topics_deleted_recreated_and_grown)
         ks_meta_t *m;
         REQUIRE_EQ_INT(ks_meta_open(f.kv, &m), 0);
         REQUIRE_EQ_INT(ks_meta_topic_delete(m, "d", NULL), 0);
-        jwait_t w = { 'L', 1, NULL, -1, 3 };
+        jwait_t w = { 'D', 1, NULL, -1, 3 }; /* lost because deleted */
         CHECK(wait_for(journal_has, &w, WAIT_MS));
         cv = (conv_t){ f.kv, "d", 0, one, 1, bs, 1 }; /* no lease key left */
         CHECK(wait_for(converged, &cv, WAIT_MS));

@@ -631,7 +631,7 @@ TEST(log_partition_ownership_moves_between_brokers)
         f.cfg.flush_interval_ms = 60000; /* (only affects later opens) */
         REQUIRE_EQ_INT(append(&f, 0, 5, &a, &base), 0);
         CHECK_EQ_INT(base, 20);
-        ks_partition_give_up_ownership(p1, true, 5000);
+        ks_partition_give_up_ownership(p1, KS_GIVE_UP_HAND_OVER, 5000);
         REQUIRE(wait_acks(&a, 5));
         CHECK_EQ_INT(a.ok, 5);
         CHECK_EQ_INT(append(&f, 0, 5, &a, &base), KS_ERR_NOT_LEADER_OR_FOLLOWER);
@@ -679,12 +679,26 @@ TEST(log_partition_ownership_moves_between_brokers)
         REQUIRE_EQ_INT(ks_partition_take_ownership(p2, 2), 0);
         acks_t lost = { 0, 0 };
         REQUIRE_EQ_INT(ks_partition_append(p2, buf, len, &bi, 1, &base, f.loop, on_durable, &lost), 0);
-        ks_partition_give_up_ownership(p2, false, 0);
+        ks_partition_give_up_ownership(p2, KS_GIVE_UP_LOST, 0);
         REQUIRE(wait_acks(&lost, 1));
         CHECK_EQ_INT(lost.failed, 1);
         REQUIRE_EQ_INT(ks_meta_partition_load(f.meta, "t", 0, &pm), 0);
         CHECK_EQ_INT(pm.next_offset, 30);
         ks_partition_meta_free(&pm);
+
+        /* Lost because the partition was deleted: from then on it is
+         * unknown, not merely led elsewhere. */
+        REQUIRE_EQ_INT(ks_partition_take_ownership(p2, 2), 0);
+        acks_t gone = { 0, 0 };
+        REQUIRE_EQ_INT(ks_partition_append(p2, buf, len, &bi, 1, &base, f.loop, on_durable, &gone), 0);
+        ks_partition_give_up_ownership(p2, KS_GIVE_UP_DELETED, 0);
+        REQUIRE(wait_acks(&gone, 1));
+        CHECK_EQ_INT(gone.failed, 1);
+        CHECK_EQ_INT(ks_partition_read(p2, 0, 100, &rd), KS_ERR_UNKNOWN_TOPIC_OR_PARTITION);
+        CHECK_EQ_INT(ks_partition_append(p2, buf, len, &bi, 1, &base, f.loop, on_durable, &gone),
+                     KS_ERR_UNKNOWN_TOPIC_OR_PARTITION);
+        CHECK_EQ_INT(ks_partition_take_ownership(p2, 3), KS_ERR_UNKNOWN_TOPIC_OR_PARTITION);
+        CHECK(!ks_partition_serving(p2, NULL));
 
         ks_partition_release(p1);
         ks_partition_release(p2);
