@@ -504,6 +504,12 @@ static void cluster_metrics_detach(void)
  * lists this one (Metadata, DescribeCluster) while it lives, and take the
  * partitions and groups placed on it (docs/cluster.md).  The hooks run on
  * the module's thread from here on. */
+/* The log's share of the produce-buffer budget (ks_server_set_produce_budget). */
+static int64_t log_unflushed(void *log)
+{
+        return ks_log_unflushed_bytes(log);
+}
+
 static int start_cluster(ks_broker_t *b)
 {
         const ks_config_t *cfg = b->cfg;
@@ -612,6 +618,7 @@ int ks_broker_start(ks_broker_t *b, const ks_config_t *cfg)
         if (!b->server)
                 goto fail;
         ks_server_set_on_complete(b->server, ks_broker_request_done, b);
+        ks_server_set_produce_budget(b->server, cfg->produce_buffer_bytes, log_unflushed, b->log);
         if (ks_server_start(b->server) != 0)
                 goto fail;
         if (ops_serving() != 0)

@@ -247,6 +247,7 @@ enum {
         BK_READAHEAD_SEGMENTS,
         BK_SEGMENT_BYTES,
         BK_FLUSH_INTERVAL_MS,
+        BK_PRODUCE_BUFFER_BYTES,
         BK_COUNT
 };
 
@@ -275,6 +276,9 @@ static const struct {
         [BK_FLUSH_INTERVAL_MS] = { "kafscale.flush.interval.ms", TYPE_LONG,
                                    "The longest a produced record waits before its flush starts, in "
                                    "milliseconds (KAFSCALE_FLUSH_INTERVAL_MS or the backend's default)." },
+        [BK_PRODUCE_BUFFER_BYTES] = { "kafscale.produce.buffer.bytes", TYPE_LONG,
+                                      "Memory for produced records not yet in the object store, in bytes; at "
+                                      "it, producer connections are not read (KAFSCALE_PRODUCE_BUFFER_BYTES)." },
 };
 
 static ks_str_t opt_str(ks_req_t *req, const char *s)
@@ -308,6 +312,8 @@ static ks_str_t broker_value(ks_req_t *req, const ks_broker_t *b, int k)
                 return ks_arena_str(&req->arena, "%d", b->log_cfg.readahead_segments);
         case BK_SEGMENT_BYTES:
                 return ks_arena_str(&req->arena, "%lld", (long long)b->log_cfg.segment_bytes);
+        case BK_PRODUCE_BUFFER_BYTES:
+                return ks_arena_str(&req->arena, "%lld", (long long)cfg->produce_buffer_bytes);
         default:
                 return ks_arena_str(&req->arena, "%lld", (long long)b->log_cfg.flush_interval_ms);
         }

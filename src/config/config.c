@@ -54,6 +54,8 @@ static const var_t vars[] = {
           "Target segment object size: a partition flushes when its tail reaches it" },
         { "KAFSCALE_CACHE_BYTES", "268435456", T_INT, 0, INT64_MAX / 2,
           "Segment cache budget (recently flushed and recently read segments)" },
+        { "KAFSCALE_PRODUCE_BUFFER_BYTES", "134217728", T_INT, 1048576, INT64_MAX / 2,
+          "Memory for produced data not yet in the object store; at it, producer connections are not read" },
         { "KAFSCALE_READAHEAD_SEGMENTS", "2", T_INT, 0, 16, "Segments read ahead for sequential consumers" },
         { "KAFSCALE_STORAGE_THREADS", "8", T_INT, 1, 256, "Parallel segment uploads and object-store reads" },
         { "KAFSCALE_MAX_MESSAGE_BYTES", "1048588", T_INT, 1024, 268435456,
@@ -229,6 +231,8 @@ int ks_config_from_env(ks_config_t *cfg, char *err, size_t errlen)
         if (get_int("KAFSCALE_SEGMENT_BYTES", &cfg->segment_bytes, err, errlen))
                 return -1;
         if (get_int("KAFSCALE_CACHE_BYTES", &cfg->cache_bytes, err, errlen))
+                return -1;
+        if (get_int("KAFSCALE_PRODUCE_BUFFER_BYTES", &cfg->produce_buffer_bytes, err, errlen))
                 return -1;
         if (get_int("KAFSCALE_READAHEAD_SEGMENTS", &x, err, errlen))
                 return -1;

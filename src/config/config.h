@@ -43,6 +43,7 @@ typedef struct ks_config {
         int64_t flush_interval_ms;   /* -1 until resolved per backend */
         int64_t segment_bytes;
         int64_t cache_bytes;
+        int64_t produce_buffer_bytes; /* the server's produce budget */
         int readahead_segments;
         int storage_threads;
         int32_t max_message_bytes;

@@ -63,6 +63,11 @@ typedef struct segdata {
 
         struct segdata *next_sealed; /* queue of sealed chunks (partition lock) */
 
+        /* Not yet committed: the memory it holds counts in *unflushed (the
+         * log's produce-buffer total) until it commits or goes away. */
+        int64_t *unflushed;
+        int64_t accounted;
+
         /* Cache linkage (cache_lock). */
         struct segdata *lru_prev, *lru_next;
         bool in_lru;
@@ -163,6 +168,9 @@ struct ks_log {
         int fail_streak;
         bool probe_down;
         bool degraded_logged;
+
+        /* Bytes held by chunks not yet committed (atomic; segdata_account). */
+        int64_t unflushed;
 };
 
 #define STORAGE_DEGRADED_STREAK 3
@@ -196,6 +204,11 @@ void ks_log_set_storage_health(ks_log_t *log, bool ok)
         storage_health_log(log);
 }
 
+int64_t ks_log_unflushed_bytes(ks_log_t *log)
+{
+        return __atomic_load_n(&log->unflushed, __ATOMIC_RELAXED);
+}
+
 static int64_t now_ms(void)
 {
         return ks_clock_mono_ms(ks_clock_system());
@@ -203,6 +216,23 @@ static int64_t now_ms(void)
 
 /* ------------------------------------------------------------------------ */
 /* segdata                                                                   */
+
+/* Adds `delta` bytes to the produce-buffer total d counts in, if any. */
+static void segdata_account(segdata_t *d, int64_t delta)
+{
+        if (!d->unflushed || delta == 0)
+                return;
+        __atomic_add_fetch(d->unflushed, delta, __ATOMIC_RELAXED);
+        ks_metric_add(ks_std_metrics.produce_buffer_bytes, 0, delta);
+        d->accounted += delta;
+}
+
+/* d committed (or dropped): its memory leaves the produce-buffer total. */
+static void segdata_unaccount(segdata_t *d)
+{
+        segdata_account(d, -d->accounted);
+        d->unflushed = NULL;
+}
 
 static segdata_t *segdata_new(int64_t base)
 {
@@ -217,6 +247,15 @@ static segdata_t *segdata_new(int64_t base)
         return d;
 }
 
+/* A chunk for appends: counted in the log's produce-buffer total. */
+static segdata_t *chunk_new(ks_log_t *log, int64_t base)
+{
+        segdata_t *d = segdata_new(base);
+        if (d)
+                d->unflushed = &log->unflushed;
+        return d;
+}
+
 static void segdata_ref(segdata_t *d)
 {
         __atomic_add_fetch(&d->refs, 1, __ATOMIC_RELAXED);
@@ -225,6 +264,7 @@ static void segdata_ref(segdata_t *d)
 static void segdata_unref(segdata_t *d)
 {
         if (d && __atomic_sub_fetch(&d->refs, 1, __ATOMIC_ACQ_REL) == 0) {
+                segdata_unaccount(d);
                 free(d->buf);
                 free(d->b);
                 free(d);
@@ -245,6 +285,7 @@ static int segdata_reserve(segdata_t *d, size_t more)
                 uint8_t *nb = realloc(d->buf, cap);
                 if (!nb)
                         return -1;
+                segdata_account(d, (int64_t)(cap - d->cap));
                 d->buf = nb;
                 d->cap = cap;
         }
@@ -253,6 +294,7 @@ static int segdata_reserve(segdata_t *d, size_t more)
                 batchent_t *nb = realloc(d->b, (size_t)cap * sizeof(*nb));
                 if (!nb)
                         return -1;
+                segdata_account(d, (int64_t)(cap - d->bcap) * (int64_t)sizeof(*nb));
                 d->b = nb;
                 d->bcap = cap;
         }
@@ -1028,6 +1070,7 @@ static void upload_job(void *arg)
                 p->segs[p->nsegs].data = d; /* the flushing reference moves here */
                 p->nsegs++;
                 d->owner = p;
+                segdata_unaccount(d); /* from here on the cache's */
                 cache_insert_locked(log, d);
                 p->hwm = d->next;
                 p->flushing = NULL;
@@ -1217,7 +1260,7 @@ ks_err_t ks_partition_append(ks_partition_t *p, uint8_t *buf, size_t len, const 
                 err = KS_ERR_KAFKA_STORAGE_ERROR;
         } else if ((int64_t)(buffered + len) > 4 * log->cfg.segment_bytes + (64 << 20)) {
                 err = KS_ERR_KAFKA_STORAGE_ERROR;
-        } else if (!p->active && !(p->active = segdata_new(p->next))) {
+        } else if (!p->active && !(p->active = chunk_new(log, p->next))) {
                 err = KS_ERR__NOMEM;
         } else if (p->active->nb == 0) {
                 p->active->epoch = p->leader_epoch;

@@ -125,6 +125,11 @@ void ks_log_topic_drop(ks_log_t *log, const char *topic, const ks_uuid_t *id);
  * their request timeout.  Thread-safe. */
 void ks_log_set_storage_health(ks_log_t *log, bool ok);
 
+/* Bytes of memory held by appended data not yet committed, across every
+ * partition (the log's part of the broker's produce-buffer budget; the
+ * kafscale_produce_buffer_bytes gauge counts it too).  Thread-safe. */
+int64_t ks_log_unflushed_bytes(ks_log_t *log);
+
 /* Looks up a partition and takes a reference (NULL if not served here).
  * Release with ks_partition_release(). */
 ks_partition_t *ks_log_partition(ks_log_t *log, ks_str_t topic, int32_t partition);

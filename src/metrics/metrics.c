@@ -754,6 +754,23 @@ static void std_create(void)
                                             "Partition reads that had to load a segment from the object store.",
                                             NULL);
         n.cache_bytes = ks_metrics_gauge(r, "kafscale_cache_bytes", "Bytes held by the segment cache.", NULL);
+        n.produce_buffer_bytes = ks_metrics_gauge(
+                r, "kafscale_produce_buffer_bytes",
+                "Memory held by produced data not yet committed to the object store: partition chunks waiting "
+                "for their flush plus Produce requests waiting for their acknowledgement.",
+                NULL);
+        n.produce_buffer_budget = ks_metrics_gauge(
+                r, "kafscale_produce_buffer_budget_bytes",
+                "KAFSCALE_PRODUCE_BUFFER_BYTES: at this much produce buffer the broker stops reading from "
+                "producer connections.",
+                NULL);
+        n.produce_paused_conns = ks_metrics_gauge(
+                r, "kafscale_produce_paused_connections",
+                "Producer connections not being read because the produce buffer is at its budget.", NULL);
+        n.produce_pauses = ks_metrics_counter(
+                r, "kafscale_produce_pauses_total",
+                "Times a producer connection stopped being read because the produce buffer was at its budget.",
+                NULL);
         ks_metric_t **fields = (ks_metric_t **)&n;
         for (size_t i = 0; i < sizeof(n) / sizeof(ks_metric_t *); i++)
                 if (!fields[i])

@@ -285,6 +285,11 @@ typedef struct ks_std_metrics {
         ks_metric_t *cache_hits;        /* counter: reads served from the segment cache */
         ks_metric_t *cache_misses;      /* counter: reads that had to load a segment */
         ks_metric_t *cache_bytes;       /* gauge: bytes held by the segment cache */
+        /* The produce-buffer budget (log.c, net/server.c). */
+        ks_metric_t *produce_buffer_bytes;  /* gauge: unflushed chunks + Produce requests held */
+        ks_metric_t *produce_buffer_budget; /* gauge: KAFSCALE_PRODUCE_BUFFER_BYTES */
+        ks_metric_t *produce_paused_conns;  /* gauge: connections not read for the budget */
+        ks_metric_t *produce_pauses;        /* counter: times a connection was paused */
 } ks_std_metrics_t;
 
 /* Flush outcomes (series of ks_std_metrics.flushes). */

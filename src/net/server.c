@@ -31,6 +31,7 @@
 #include <unistd.h>
 
 #include "metrics/metrics.h"
+#include "protocol/gen/kafka_msgs.h"
 #include "util/log.h"
 
 enum { REQ_HANDLING = 0, REQ_DONE = 1, REQ_DONE_CLOSE = 2, REQ_DONE_SILENT = 3 };
@@ -39,6 +40,7 @@ enum { REQ_HANDLING = 0, REQ_DONE = 1, REQ_DONE_CLOSE = 2, REQ_DONE_SILENT = 3 }
 #define MAX_PENDING_OUT (16u << 20) /* stop reading while this much output waits */
 #define MIN_FRAME_BYTES 8           /* api key + version + correlation id */
 #define ACCEPT_PAUSE_MS 100         /* pause after accept() fails for lack of resources */
+#define BUDGET_RECHECK_MS 5         /* connections paused for the produce budget look again */
 
 struct ks_conn {
         ks_server_t *srv;
@@ -61,6 +63,8 @@ struct ks_conn {
         bool free_scheduled;
         bool reading;          /* EPOLLIN enabled */
         bool want_write;       /* EPOLLOUT enabled */
+        bool producer;         /* has sent a Produce request: subject to the budget */
+        bool budget_paused;    /* not read because the produce budget is reached */
 
         ks_conn_t *prev_conn, *next_conn; /* loop's connection list */
 };
@@ -72,6 +76,8 @@ typedef struct io_thread {
         ks_io_t listen_io;
         ks_timer_t sweep_timer;
         ks_timer_t accept_timer; /* resumes accepting after EMFILE */
+        ks_timer_t budget_timer; /* re-checks connections paused for the produce budget */
+        int budget_paused;       /* connections of this loop with budget_paused */
         ks_conn_t *conns;
         int index;
 } io_thread_t;
@@ -88,9 +94,15 @@ struct ks_server {
         int nthreads;
         int nconns; /* atomic */
         bool started;
+        /* The produce budget (ks_server_set_produce_budget). */
+        int64_t produce_budget;
+        int64_t (*produce_usage)(void *ctx);
+        void *produce_usage_ctx;
+        int64_t produce_held; /* atomic: bytes of Produce frames held */
 };
 
 static void conn_close(ks_conn_t *c, const char *reason);
+static void conn_budget_unpause(ks_conn_t *c);
 static void conn_flush(ks_conn_t *c);
 static void conn_update_events(ks_conn_t *c);
 
@@ -117,8 +129,27 @@ int ks_req_add_cleanup(ks_req_t *req, void (*fn)(void *), void *arg)
         return 0;
 }
 
+static void produce_held_add(ks_server_t *srv, int64_t delta)
+{
+        __atomic_add_fetch(&srv->produce_held, delta, __ATOMIC_RELAXED);
+        ks_metric_add(ks_std_metrics.produce_buffer_bytes, 0, delta);
+}
+
+/* Is the produce buffer at its budget? */
+static bool budget_reached(ks_server_t *srv)
+{
+        if (srv->produce_budget <= 0)
+                return false;
+        int64_t used = __atomic_load_n(&srv->produce_held, __ATOMIC_RELAXED);
+        if (srv->produce_usage)
+                used += srv->produce_usage(srv->produce_usage_ctx);
+        return used >= srv->produce_budget;
+}
+
 static void req_free(ks_req_t *req)
 {
+        if (req->produce_held)
+                produce_held_add(req->conn->srv, -(int64_t)req->produce_held);
         for (ks_req_cleanup_t *c = req->cleanups; c; c = c->next)
                 c->fn(c->arg);
         ks_wbuf_destroy(&req->out);
@@ -241,6 +272,7 @@ static void conn_close(ks_conn_t *c, const char *reason)
                 if (reason)
                         ks_log_info("connection_closed", "peer=%s reason=\"%s\"", c->peer, reason);
                 c->closed = true;
+                conn_budget_unpause(c);
                 ks_loop_io_del(c->loop, &c->io);
                 close(c->fd);
                 c->fd = -1;
@@ -276,7 +308,37 @@ static void conn_close(ks_conn_t *c, const char *reason)
  * waiting to be written: a client that does not read cannot grow memory. */
 static bool conn_can_accept(const ks_conn_t *c)
 {
-        return c->inflight < c->srv->cfg->max_inflight_per_conn && c->pending_out < MAX_PENDING_OUT;
+        return c->inflight < c->srv->cfg->max_inflight_per_conn && c->pending_out < MAX_PENDING_OUT &&
+               !(c->producer && budget_reached(c->srv));
+}
+
+static io_thread_t *conn_thread(const ks_conn_t *c)
+{
+        return &c->srv->threads[ks_loop_index(c->loop)];
+}
+
+/* A producer connection stops being read until the produce buffer is below
+ * its budget again (budget_recheck_cb looks every BUDGET_RECHECK_MS). */
+static void conn_budget_pause(ks_conn_t *c)
+{
+        if (c->budget_paused)
+                return;
+        io_thread_t *t = conn_thread(c);
+        c->budget_paused = true;
+        if (t->budget_paused++ == 0 && !ks_timer_armed(&t->budget_timer))
+                ks_timer_arm(c->loop, &t->budget_timer, ks_loop_now_ms() + BUDGET_RECHECK_MS);
+        ks_metric_add(ks_std_metrics.produce_paused_conns, 0, 1);
+        ks_metric_inc(ks_std_metrics.produce_pauses, 0);
+        ks_log_debug("connection_paused", "peer=%s reason=produce_buffer_budget", c->peer);
+}
+
+static void conn_budget_unpause(ks_conn_t *c)
+{
+        if (!c->budget_paused)
+                return;
+        c->budget_paused = false;
+        conn_thread(c)->budget_paused--;
+        ks_metric_add(ks_std_metrics.produce_paused_conns, 0, -1);
 }
 
 static int conn_process_input(ks_conn_t *c);
@@ -290,6 +352,10 @@ static void conn_update_events(ks_conn_t *c)
                  * is noticed when its answers are written or reading resumes. */
                 uint32_t ev = (can_read ? EPOLLIN | EPOLLRDHUP : 0) | (c->want_write ? EPOLLOUT : 0);
                 c->reading = can_read;
+                if (can_read)
+                        conn_budget_unpause(c);
+                else if (c->producer && budget_reached(c->srv))
+                        conn_budget_pause(c);
                 ks_loop_io_mod(c->loop, &c->io, ev);
                 /* Frames already buffered wait for no new bytes: take them now,
                  * whenever there is room (not only when reading resumes: the cap
@@ -426,6 +492,10 @@ static void conn_start_request(ks_conn_t *c, uint8_t *frame, size_t frame_len)
         req->hdr = hdr;
         req->api = ks_api_desc(hdr.RequestApiKey);
         req->frame = frame;
+        if (hdr.RequestApiKey == KS_API_PRODUCE) {
+                req->produce_held = frame_len;
+                produce_held_add(c->srv, (int64_t)frame_len);
+        }
         req->body = body + body_off;
         req->body_len = len - body_off;
         req->conn = c;
@@ -490,6 +560,13 @@ static int conn_process_frames(ks_conn_t *c)
                                 c->rcap = ncap;
                         }
                         return 0;
+                }
+                if (total >= 6 && p[4] == 0 && p[5] == KS_API_PRODUCE) {
+                        /* From now on the produce budget applies to this
+                         * connection; at the budget the frame waits here. */
+                        c->producer = true;
+                        if (!conn_can_accept(c))
+                                break;
                 }
                 uint8_t *frame;
                 if (off == 0 && c->rlen == total && total > STAGE_BYTES / 4) {
@@ -689,6 +766,26 @@ static void sweep_cb(ks_loop_t *loop, ks_timer_t *timer)
         ks_timer_arm(loop, timer, now + period);
 }
 
+static void budget_recheck_cb(ks_loop_t *loop, ks_timer_t *timer)
+{
+        io_thread_t *t = timer->opaque;
+        if (t->budget_paused == 0)
+                return;
+        if (!budget_reached(t->srv)) {
+                ks_conn_t *c = t->conns;
+                while (c) {
+                        ks_conn_t *next = c->next_conn;
+                        if (c->budget_paused) {
+                                conn_budget_unpause(c);
+                                conn_update_events(c); /* may pause it again, or close it */
+                        }
+                        c = next;
+                }
+        }
+        if (t->budget_paused > 0)
+                ks_timer_arm(loop, timer, ks_loop_now_ms() + BUDGET_RECHECK_MS);
+}
+
 static void accept_resume_cb(ks_loop_t *loop, ks_timer_t *timer)
 {
         io_thread_t *t = timer->opaque;
@@ -701,6 +798,7 @@ static void *io_thread_main(void *arg)
         io_thread_t *t = arg;
         ks_timer_init(&t->accept_timer, accept_resume_cb, t);
         ks_timer_init(&t->sweep_timer, sweep_cb, t);
+        ks_timer_init(&t->budget_timer, budget_recheck_cb, t);
         ks_timer_arm(t->loop, &t->sweep_timer, ks_loop_now_ms() + 25);
         ks_loop_run(t->loop);
         return NULL;
@@ -714,6 +812,7 @@ static void io_thread_shutdown(ks_loop_t *loop, void *arg)
         ks_loop_io_del(loop, &t->listen_io);
         ks_timer_cancel(loop, &t->sweep_timer);
         ks_timer_cancel(loop, &t->accept_timer);
+        ks_timer_cancel(loop, &t->budget_timer);
         while (t->conns)
                 conn_close(t->conns, NULL);
         ks_loop_stop(loop);
@@ -740,6 +839,14 @@ static int bind_listener(ks_server_t *srv)
         srv->listen_fd = ks_listen_tcp(cfg->listen_host, cfg->listen_port, 1024, "listen_failed",
                                        "KAFSCALE_BROKER_ADDR", &srv->port, NULL);
         return srv->listen_fd >= 0 ? 0 : -1;
+}
+
+void ks_server_set_produce_budget(ks_server_t *srv, int64_t budget, int64_t (*usage)(void *ctx), void *ctx)
+{
+        srv->produce_budget = budget;
+        srv->produce_usage = usage;
+        srv->produce_usage_ctx = ctx;
+        ks_metric_set(ks_std_metrics.produce_buffer_budget, 0, budget);
 }
 
 void ks_server_set_on_complete(ks_server_t *srv, ks_req_done_fn *fn, void *ctx)

@@ -48,6 +48,7 @@ struct ks_req {
         ks_conn_t *conn;
         ks_req_t *next;
         uint8_t *frame;             /* owned: the whole frame, size prefix included */
+        size_t produce_held;        /* frame bytes counted against the produce budget */
         ks_wbuf_t out;              /* encoded response frame */
         int state;                  /* written by the completing thread */
         bool returned;              /* completion seen by the loop (loop thread) */
@@ -75,6 +76,18 @@ ks_server_t *ks_server_new(const ks_config_t *cfg, ks_dispatch_fn *dispatch, voi
 
 /* Installs the completion hook (call before ks_server_start). */
 void ks_server_set_on_complete(ks_server_t *srv, ks_req_done_fn *fn, void *ctx);
+
+/* The produce-buffer budget.  The server counts the bytes of the Produce
+ * requests it holds (from their arrival until their response is written);
+ * while those plus usage(ctx) (memory the handlers hold for produced data,
+ * e.g. unflushed log chunks) reach `budget`, connections that send Produce
+ * requests are not read — a Produce frame already received waits before
+ * dispatch — and they are read again within a few milliseconds of the total
+ * falling below it.  Other connections (consumers, admin tools) go on.  A
+ * single Produce request larger than the budget still passes when nothing
+ * else is held.  budget 0: no limit.  usage must be thread-safe and quick.
+ * Call before ks_server_start. */
+void ks_server_set_produce_budget(ks_server_t *srv, int64_t budget, int64_t (*usage)(void *ctx), void *ctx);
 
 /* Binds the listener and starts the I/O threads.  0, or -1 (logged). */
 int ks_server_start(ks_server_t *srv);

@@ -58,11 +58,12 @@ KAFKA_SYNONYMS = {"retention.ms": ("log.retention.hours", "168"),
                   "segment.bytes": ("log.segment.bytes", "1073741824")}
 BROKER_KEYS = ["broker.id", "advertised.listeners", "kafscale.s3.bucket", "kafscale.s3.region",
                "kafscale.s3.endpoint", "kafscale.cache.bytes", "kafscale.readahead.segments",
-               "kafscale.segment.bytes", "kafscale.flush.interval.ms"]
+               "kafscale.segment.bytes", "kafscale.flush.interval.ms", "kafscale.produce.buffer.bytes"]
 BROKER_TYPES = {"broker.id": T_INT, "advertised.listeners": T_STRING, "kafscale.s3.bucket": T_STRING,
                 "kafscale.s3.region": T_STRING, "kafscale.s3.endpoint": T_STRING,
                 "kafscale.cache.bytes": T_LONG, "kafscale.readahead.segments": T_INT,
-                "kafscale.segment.bytes": T_LONG, "kafscale.flush.interval.ms": T_LONG}
+                "kafscale.segment.bytes": T_LONG, "kafscale.flush.interval.ms": T_LONG,
+                "kafscale.produce.buffer.bytes": T_LONG}
 
 CLIENT_TIMEOUT_S = 15
 CONDITION_TIMEOUT_S = 30
@@ -100,7 +101,8 @@ def expected_broker_values(broker):
             "kafscale.s3.endpoint": env.get("KAFSCALE_S3_ENDPOINT") if bucket else None,
             "kafscale.cache.bytes": "268435456", "kafscale.readahead.segments": "2",
             "kafscale.segment.bytes": "4194304",
-            "kafscale.flush.interval.ms": env.get("KAFSCALE_FLUSH_INTERVAL_MS") or ("150" if bucket else "5")}
+            "kafscale.flush.interval.ms": env.get("KAFSCALE_FLUSH_INTERVAL_MS") or ("150" if bucket else "5"),
+            "kafscale.produce.buffer.bytes": env.get("KAFSCALE_PRODUCE_BUFFER_BYTES") or "134217728"}
 
 
 # ---------------------------------------------------------------------------
