@@ -68,6 +68,7 @@ ZOMBIE_FLUSH_MS = 1000          # test 2: a produce to an idle partition stays b
 CONVERGE_S = 40.0               # Metadata of every broker agrees with the placement
 HEAL_S = 30.0                   # a produce to every partition succeeds within this
 FAILOVER_BOUND_S = 20.0         # longest pause between acknowledgements of a partition around a kill
+SIGTERM_BOUND_S = 10.0          # a broker under load exits this soon after SIGTERM
 PROGRESS_S = 60.0
 PRODUCER_DRAIN_S = 120.0
 CONSUMER_DRAIN_S = 60.0
@@ -916,6 +917,61 @@ def test_kill9_failover_loses_no_acknowledged_record(make_cluster):
           % (overall, PARTITIONS, heal_s, sum(w.sent), stats["acked"], stats["records"], stats["duplicates"],
              stats["reordered"], stats.get("consumed", 0),
              {p: e for (_, p), (_, e) in sorted(healed_view.items())}))
+
+
+def test_sigterm_under_load_hands_over(make_cluster):
+    """SIGTERM under load (a rolling restart): the broker flushes, commits and
+    hands over every partition it leads, revokes its lease and exits 0 within
+    SIGTERM_BOUND_S; the others lead its partitions without waiting for a
+    lease to expire; nothing acknowledged is lost."""
+    cl = make_cluster()
+    topic = pick_topic("term", PARTITIONS)
+    create_topic(cl, topic, PARTITIONS)
+    topics = {topic: PARTITIONS}
+    view = wait_converged(cl, topics)
+    known = set()
+    leaders = [leader for (leader, _) in view.values()]
+    victim = max(set(leaders), key=leaders.count)  # the busiest
+    led = [p for (t, p), (leader, _) in view.items() if leader == victim]
+    w = Workload(cl, topic, PARTITIONS).start()
+    try:
+        w.wait_acks(300, "acknowledgements before SIGTERM")
+        before = {(topic, p): view[(topic, p)][1] for p in led}
+        log_from = cl[victim].log_size()
+        t_term = time.monotonic()
+        assert cl[victim].terminate()
+        rc = cl[victim].wait_exit(timeout=SIGTERM_BOUND_S)
+        exited = time.monotonic() - t_term
+        taken = wait_converged(cl, topics, above=before)
+        takeover = time.monotonic() - t_term
+        w.wait_progress("the load on broker %d's partitions after its shutdown" % victim, partitions=led)
+        cl.start_broker(victim)
+        wait_converged(cl, topics, above={(topic, p): taken[(topic, p)][1] for p in led})
+        w.wait_progress("the load on every partition after broker %d came back" % victim)
+        heal, heal_s = produce_everywhere(cl, topic, PARTITIONS, "heal", known)
+    finally:
+        w.stop()
+    for p, (o, v) in heal.items():
+        w.acked[(p, o)] = v
+    assert rc == 0, "exit status %r after SIGTERM" % rc
+    log = cl[victim].log_since(log_from).decode("utf-8", "replace")
+    stopped = re.search(r"event=cluster_stopped broker=%d released_partitions=(\d+)" % victim, log)
+    assert stopped and int(stopped.group(1)) == len(led), \
+        "broker %d led %r but logged %r" % (victim, led, stopped and stopped.group(0))
+    assert "partition_given_up_with_unflushed_data" not in log
+    assert "event=shutdown_complete" in log
+    # Handed over, not expired: the new leaders hold it before the departed
+    # broker's lease could have run out.
+    assert takeover < exited + TTL_S, "takeover %.2f s after SIGTERM, exit after %.2f s" % (takeover, exited)
+    logs, stats = check_workload(cl, w, known)
+    for p in range(PARTITIONS):
+        check_epoch_history(cl, topic, p, *logs[p])
+    gaps = {p: w.gap_around(p, t_term) for p in led}
+    assert all(g is not None and g < FAILOVER_BOUND_S for g in gaps.values()), fmt_gaps(gaps)
+    print("\nSIGTERM to broker %d (led %r): exited 0 after %.2f s, takeover in Metadata %.2f s after the signal, "
+          "longest ack gap %.2f s (%s); heal produce %.2f s; sent %d, acked %d, log holds %d"
+          % (victim, led, exited, takeover, max(gaps.values()), fmt_gaps(gaps), heal_s, sum(w.sent),
+             stats["acked"], stats["records"]))
 
 
 # ---------------------------------------------------------------------------
