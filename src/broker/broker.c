@@ -22,6 +22,7 @@
  * caches the result; the HTTP handler reads the cache.
  */
 #include "broker/broker.h"
+#include "broker/lag.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -623,6 +624,7 @@ int ks_broker_start(ks_broker_t *b, const ks_config_t *cfg)
                 goto fail;
         if (ops_serving() != 0)
                 goto fail;
+        b->lag = ks_lag_start(b, cfg->lag_interval_ms);
         const char *meta_where = cfg->etcd_endpoints[0] ? cfg->etcd_endpoints : cfg->data_dir;
         ks_log_info("broker_started",
                     "mode=%s broker_id=%d listener=%s:%d advertised=%s:%d metadata=%s%s%s io_threads=%d "
@@ -646,6 +648,8 @@ void ks_broker_stop(ks_broker_t *b)
          * loops (the barrier), then the blocking work queued on the worker
          * pool (drained; its completions are delivered by the
          * still-running loops). */
+        ks_lag_stop(b->lag); /* it reads groups, the cluster module and the log */
+        b->lag = NULL;
         if (b->server)
                 ks_server_barrier(b->server);
         if (b->workq) {

@@ -38,6 +38,7 @@ typedef struct ks_broker {
                                  * groups (NULL in embedded and memory mode: this broker serves all) */
         ks_log_config_t log_cfg;
         ks_groups_t *groups;    /* owned: group coordinator */
+        struct ks_lag *lag;     /* owned: consumer lag metrics (broker/lag.h); NULL when off */
         pthread_mutex_t own_mu; /* serialises changes of partition ownership (ownership.c) */
         bool own_closed;        /* under own_mu: shutting down, the reconcile pass does nothing */
         const char *mode;       /* "embedded", "memory" or "cluster" */

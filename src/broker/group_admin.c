@@ -143,6 +143,12 @@ static int list_coordinated(ks_broker_t *b, ks_group_summary_t **out, int16_t *e
         return n;
 }
 
+int ks_broker_list_groups(ks_broker_t *b, ks_group_summary_t **out, int16_t *err)
+{
+        *err = 0;
+        return ks_group_cluster_mode(b) ? list_coordinated(b, out, err) : ks_groups_list(b->groups, out);
+}
+
 static void list_groups_answer(ks_broker_t *b, ks_req_t *req, bool cluster)
 {
         const ks_ListGroupsRequest *rq = req->request;

@@ -1,7 +1,7 @@
 /*
  * group_route.h — which broker serves a group-keyed request, and the fence
  * of the writes it makes (private to the group handlers: groups.c, which
- * implements it, offsets.c and group_admin.c).
+ * implements it, offsets.c, group_admin.c and lag.c).
  *
  * Embedded and memory mode: this broker coordinates every group; requests
  * are served here and writes are not fenced.
@@ -36,6 +36,13 @@ bool ks_group_cluster_mode(const ks_broker_t *b);
 /* The running cluster module, NULL outside cluster mode and while it is not
  * running.  Any thread. */
 ks_cluster_t *ks_group_cluster(ks_broker_t *b);
+
+/* The groups ListGroups lists here, sorted by id: every group in memory in
+ * embedded mode; in cluster mode those loaded here plus the stored groups
+ * placed here.  Count (free with ks_group_summaries_free), or -1 if memory
+ * ran out; *err a listing error code (the list may then be partial).
+ * BLOCKING in cluster mode. */
+int ks_broker_list_groups(ks_broker_t *b, ks_group_summary_t **out, int16_t *err);
 
 /* Where to serve a request for `group`, decided without blocking (any
  * thread): 0 = here, now; KS_GROUP_ROUTE_ACQUIRE = this broker should

@@ -62,6 +62,8 @@ static const var_t vars[] = {
           "Largest record batch accepted (Kafka's message.max.bytes)" },
         { "KAFSCALE_RETENTION_CHECK_INTERVAL_MS", "300000", T_INT, 0, INT64_MAX / 2,
           "How often retention.ms / retention.bytes are enforced (log.retention.check.interval.ms; 0: never)" },
+        { "KAFSCALE_LAG_INTERVAL_MS", "10000", T_INT, 0, 3600000,
+          "How often consumer lag metrics are recomputed (0: no kafscale_consumer_group_lag)" },
         { "KAFSCALE_GROUP_MIN_SESSION_TIMEOUT_MS", "6000", T_INT, 1, INT32_MAX,
           "Smallest session timeout a group member may ask for (Kafka's group.min.session.timeout.ms)" },
         { "KAFSCALE_GROUP_MAX_SESSION_TIMEOUT_MS", "1800000", T_INT, 1, INT32_MAX,
@@ -244,6 +246,8 @@ int ks_config_from_env(ks_config_t *cfg, char *err, size_t errlen)
                 return -1;
         cfg->max_message_bytes = (int32_t)x;
         if (get_int("KAFSCALE_RETENTION_CHECK_INTERVAL_MS", &cfg->retention_check_ms, err, errlen))
+                return -1;
+        if (get_int("KAFSCALE_LAG_INTERVAL_MS", &cfg->lag_interval_ms, err, errlen))
                 return -1;
         if (cfg->s3_namespace[0] == '\0' || strchr(cfg->s3_namespace, '/')) {
                 snprintf(err, errlen, "KAFSCALE_S3_NAMESPACE=\"%s\" is not valid: use a non-empty name without '/'",

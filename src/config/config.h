@@ -48,6 +48,7 @@ typedef struct ks_config {
         int storage_threads;
         int32_t max_message_bytes;
         int64_t retention_check_ms;
+        int64_t lag_interval_ms; /* consumer lag metrics (0: off) */
 
         /* Consumer groups. */
         int32_t group_min_session_timeout_ms;

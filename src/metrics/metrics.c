@@ -255,12 +255,48 @@ ks_metric_t *ks_metrics_gauge_fn(ks_metrics_t *r, const char *name, const char *
         return family_register(r, name, help, KS_METRIC_GAUGE, labels, true, NULL, 0, fn, ctx);
 }
 
+/* Stands in for the collect function of a series family (never called:
+ * render_family calls m->series). */
+static void series_family(void *ctx, double *values, int n)
+{
+        (void)ctx;
+        (void)values;
+        (void)n;
+}
+
+ks_metric_t *ks_metrics_gauge_series(ks_metrics_t *r, const char *name, const char *help, ks_metric_series_fn *fn,
+                                     void *ctx)
+{
+        if (!fn) {
+                ks_log_error("metric_register_failed", "name=\"%s\" reason=\"no series function\"", name ? name : "");
+                return NULL;
+        }
+        ks_metric_t *m = family_register(r, name, help, KS_METRIC_GAUGE, NULL, true, NULL, 0, series_family, ctx);
+        if (!m)
+                return NULL;
+        pthread_mutex_lock(&r->lock);
+        bool ok = m->dynamic || m->collect == series_family;
+        if (ok) {
+                m->dynamic = true;
+                m->series = fn;
+        }
+        pthread_mutex_unlock(&r->lock);
+        if (!ok) {
+                ks_log_error("metric_register_failed", "name=\"%s\" reason=\"registered before as another kind of "
+                                                       "gauge\"",
+                             name);
+                return NULL;
+        }
+        return m;
+}
+
 void ks_metric_detach(ks_metrics_t *r, ks_metric_t *m)
 {
         if (!r || !m)
                 return;
         pthread_mutex_lock(&r->lock);
         m->collect = NULL;
+        m->series = NULL;
         m->collect_ctx = NULL;
         pthread_mutex_unlock(&r->lock);
 }
@@ -272,6 +308,7 @@ void ks_metric_detach_ctx(ks_metrics_t *r, ks_metric_t *m, void *ctx)
         pthread_mutex_lock(&r->lock);
         if (m->collect_ctx == ctx) {
                 m->collect = NULL;
+                m->series = NULL;
                 m->collect_ctx = NULL;
         }
         pthread_mutex_unlock(&r->lock);
@@ -511,12 +548,32 @@ static void out_sample(outbuf_t *o, const char *name, const char *suffix, const 
         out_put(o, "\n", 1);
 }
 
+struct ks_metric_emitter {
+        outbuf_t *o;
+        const ks_metric_t *m;
+};
+
+void ks_metric_emit(ks_metric_emitter_t *e, const char *labels, double value)
+{
+        char v[64];
+        if (strlen(labels) >= LABELS_MAX)
+                return;
+        fmt_double(value, v, sizeof(v));
+        out_sample(e->o, e->m->name, "", labels, "", v);
+}
+
 static void render_family(outbuf_t *o, const ks_metric_t *m)
 {
         static const char *const type_names[] = { "counter", "gauge", "histogram" };
         out_printf(o, "# HELP %s ", m->name);
         out_help(o, m->help);
         out_printf(o, "\n# TYPE %s %s\n", m->name, type_names[m->type]);
+        if (m->dynamic) {
+                ks_metric_emitter_t e = { o, m };
+                if (m->series)
+                        m->series(m->collect_ctx, &e);
+                return;
+        }
 
         double *collected = NULL;
         if (m->type == KS_METRIC_GAUGE && (m->collect || !m->cells)) {

@@ -64,6 +64,12 @@ typedef struct ks_metric_labels {
  * registry. */
 typedef void(ks_metric_collect_fn)(void *ctx, double *values, int n);
 
+/* A gauge whose series are only known at scrape time (labels built from
+ * data, e.g. a consumer group's partitions): fn calls ks_metric_emit() once
+ * per series.  Same rules as ks_metric_collect_fn. */
+typedef struct ks_metric_emitter ks_metric_emitter_t;
+typedef void(ks_metric_series_fn)(void *ctx, ks_metric_emitter_t *e);
+
 /* A metric family.  The fields are read-only after registration; update the
  * cells through the functions below. */
 typedef struct ks_metric {
@@ -78,7 +84,9 @@ typedef struct ks_metric {
         int64_t *cells;            /* counter/gauge: nseries; histogram: nseries * (nbounds + 1) */
         uint64_t *sums;            /* histogram: per series, double bit pattern */
         ks_metric_collect_fn *collect; /* gauge computed at scrape (NULL: cells) */
-        void *collect_ctx;
+        ks_metric_series_fn *series;   /* gauge with series built at scrape */
+        bool dynamic;                  /* registered by ks_metrics_gauge_series */
+        void *collect_ctx;             /* for collect or series */
         struct ks_metric *next;
 } ks_metric_t;
 
@@ -108,6 +116,15 @@ ks_metric_t *ks_metrics_gauge_double(ks_metrics_t *r, const char *name, const ch
  * calls (do so before ctx goes away).  Renders 0 while detached. */
 ks_metric_t *ks_metrics_gauge_fn(ks_metrics_t *r, const char *name, const char *help, const ks_metric_labels_t *labels,
                                  ks_metric_collect_fn *fn, void *ctx);
+/* A gauge whose series fn emits at scrape time (see ks_metric_series_fn);
+ * re-registration and detaching as for ks_metrics_gauge_fn (nothing but
+ * the HELP and TYPE lines renders while detached). */
+ks_metric_t *ks_metrics_gauge_series(ks_metrics_t *r, const char *name, const char *help, ks_metric_series_fn *fn,
+                                     void *ctx);
+/* One series of a ks_metrics_gauge_series family: `labels` is the label
+ * list without braces, values escaped with ks_metrics_escape_label(), e.g.
+ * group="g",topic="t",partition="0" (at most 511 bytes; longer: left out). */
+void ks_metric_emit(ks_metric_emitter_t *e, const char *labels, double value);
 void ks_metric_detach(ks_metrics_t *r, ks_metric_t *m);
 /* As ks_metric_detach, but only while ctx is the context the gauge calls
  * (an owner that closes leaves a newer owner's registration alone). */

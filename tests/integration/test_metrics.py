@@ -323,6 +323,39 @@ def test_consumer_group_metrics(broker):
     assert Scrape(port).get("kafscale_consumer_group_rebalances_total") == 1
 
 
+@pytest.mark.parametrize("broker_extra_env", [{"KAFSCALE_LAG_INTERVAL_MS": "200"}], ids=["lag-200ms"])
+def test_consumer_lag_metrics(broker):
+    """kafscale_consumer_group_lag: high watermark minus committed offset per
+    group and partition, following produces and commits."""
+    port, bs = broker.metrics_port, broker.bootstrap
+    topic, group = "lag-topic", "lag-group"
+    admin = AdminClient({"bootstrap.servers": bs})
+    admin.create_topics([NewTopic(topic, 2, 1)])[topic].result(10)
+    p = Producer({"bootstrap.servers": bs, "acks": "all", "linger.ms": 5})
+    for i in range(300):
+        p.produce(topic, value=b"v%d" % i, partition=0 if i < 200 else 1)
+    assert p.flush(30) == 0
+    c = Consumer({"bootstrap.servers": bs, "group.id": group, "enable.auto.commit": False})
+    try:
+        c.commit(offsets=[TopicPartition(topic, 0, 150), TopicPartition(topic, 1, 0)], asynchronous=False)
+
+        def lag():
+            m = Scrape(port)
+            assert [f.type for f in m.families if f.name == "kafscale_consumer_group_lag"] == ["gauge"]
+            return {int(l["partition"]): v for l, v in m.series("kafscale_consumer_group_lag")
+                    if l.get("group") == group and l.get("topic") == topic}
+        wait_for(lambda: lag() == {0: 50, 1: 100}, 10, "lag 50 and 100")
+        # More records raise it; a commit at the end brings it to 0.
+        for i in range(20):
+            p.produce(topic, value=b"w%d" % i, partition=0)
+        assert p.flush(30) == 0
+        wait_for(lambda: lag() == {0: 70, 1: 100}, 10, "lag 70 and 100 after 20 more records")
+        c.commit(offsets=[TopicPartition(topic, 0, 220), TopicPartition(topic, 1, 100)], asynchronous=False)
+        wait_for(lambda: lag() == {0: 0, 1: 0}, 10, "lag 0 after committing the ends")
+    finally:
+        c.close()
+
+
 # Suffixes Prometheus adds to a histogram's series.
 HIST_SUFFIXES = ("_bucket", "_sum", "_count")
 

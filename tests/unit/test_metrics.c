@@ -282,6 +282,49 @@ TEST(metrics_gauge_fn_detach_ctx_leaves_a_newer_owner)
         ks_metrics_destroy(r);
 }
 
+static void emit_two(void *ctx, ks_metric_emitter_t *e)
+{
+        collect_ctx_t *cc = ctx;
+        cc->calls++;
+        char esc[64], labels[128];
+        ks_metrics_escape_label("a\"b", esc, sizeof(esc));
+        snprintf(labels, sizeof(labels), "group=\"%s\",partition=\"0\"", esc);
+        ks_metric_emit(e, labels, 42);
+        ks_metric_emit(e, "group=\"g\",partition=\"1\"", 0.5);
+}
+
+TEST(metrics_gauge_series_built_at_scrape)
+{
+        ks_metrics_t *r = ks_metrics_new();
+        REQUIRE(r != NULL);
+        collect_ctx_t cc = { 0 };
+        ks_metric_t *g = ks_metrics_gauge_series(r, "t_lag", "Lag.", emit_two, &cc);
+        REQUIRE(g != NULL);
+        char *text = ks_metrics_render(r, NULL);
+        REQUIRE(text != NULL);
+        CHECK_EQ_INT(cc.calls, 1);
+        CHECK(strstr(text, "# TYPE t_lag gauge\n") != NULL);
+        CHECK(strstr(text, "t_lag{group=\"a\\\"b\",partition=\"0\"} 42\n") != NULL);
+        CHECK(strstr(text, "t_lag{group=\"g\",partition=\"1\"} 0.5\n") != NULL);
+        free(text);
+        /* Detached: the family stays, without samples. */
+        ks_metric_detach_ctx(r, g, &cc);
+        text = ks_metrics_render(r, NULL);
+        REQUIRE(text != NULL);
+        CHECK_EQ_INT(cc.calls, 1);
+        CHECK(strstr(text, "# TYPE t_lag gauge\n") != NULL);
+        CHECK(strstr(text, "t_lag{") == NULL);
+        free(text);
+        CHECK(ks_metrics_gauge_series(r, "t_lag", "Lag.", emit_two, &cc) == g);
+        free(ks_metrics_render(r, NULL));
+        CHECK_EQ_INT(cc.calls, 2);
+        ks_log_level_t saved = ks_log_level;
+        ks_log_set_level((ks_log_level_t)(KS_LOG_ERROR + 1));
+        CHECK(ks_metrics_gauge(r, "t_lag", "x", NULL) == NULL);
+        ks_log_set_level(saved);
+        ks_metrics_destroy(r);
+}
+
 /* --- store requests ------------------------------------------------------- */
 
 #define OBJ(op, ok) ((op) * 2 + ((ok) ? 0 : 1))
