@@ -16,7 +16,8 @@
  * 0, so clients send full fetch requests; a request naming a session id
  * gets FETCH_SESSION_ID_NOT_FOUND.
  *
- * Thread: the I/O thread of the request, except load_job (worker).  The
+ * Thread: the I/O thread of the request, except load_job (worker; one job
+ * per partition to load, so a cold fetch's partitions load in parallel).  The
  * context is malloc'ed because waiter wakes may still arrive after the
  * answer; it is freed when answered and no wake is outstanding.
  */
@@ -55,8 +56,9 @@ struct fetch_ctx {
         int32_t min_bytes, max_bytes;
         fetch_part_t *parts;
         int nparts;
-        int outstanding; /* wakes in flight + loads in flight */
+        int outstanding; /* wakes in flight + one for the loads in flight */
         bool loading;
+        int loads_left;  /* atomic: partition loads not finished yet */
 };
 
 static void fetch_try(fetch_ctx_t *ctx, bool final);
@@ -171,29 +173,32 @@ static void load_done_on_loop(ks_loop_t *loop, void *arg)
         fetch_try(ctx, ks_loop_now_ms() >= ctx->deadline || ctx->b->stopping);
 }
 
-static void load_job(void *arg)
+/* One partition load finished (any thread): the last one hands the fetch
+ * back to its loop. */
+static void load_finished(fetch_ctx_t *ctx)
 {
-        fetch_ctx_t *ctx = arg;
-        for (int i = 0; i < ctx->nparts; i++) {
-                fetch_part_t *fp = &ctx->parts[i];
-                if (!fp->need_load)
-                        continue;
-                if (fp->pin) {
-                        ks_segref_release(fp->pin);
-                        fp->pin = NULL;
-                }
-                ks_err_t err = ks_partition_load_for_read(fp->p, fp->offset, &fp->pin);
-                if (err && err != KS_ERR_OFFSET_OUT_OF_RANGE) {
-                        /* Leave it to fetch_try: it answers the partition
-                         * with a storage error rather than looping. */
-                        fp->pd->ErrorCode = err == KS_ERR__CORRUPT ? KS_ERR_CORRUPT_MESSAGE
-                                                                   : KS_ERR_KAFKA_STORAGE_ERROR;
-                }
-        }
+        if (__atomic_sub_fetch(&ctx->loads_left, 1, __ATOMIC_ACQ_REL) > 0)
+                return;
         if (ks_loop_post(ctx->loop, load_done_on_loop, ctx) != 0) {
                 ks_log_error("fetch_completion_lost", "reason=oom");
                 abort();
         }
+}
+
+static void load_job(void *arg)
+{
+        fetch_part_t *fp = arg;
+        if (fp->pin) {
+                ks_segref_release(fp->pin);
+                fp->pin = NULL;
+        }
+        ks_err_t err = ks_partition_load_for_read(fp->p, fp->offset, &fp->pin);
+        if (err && err != KS_ERR_OFFSET_OUT_OF_RANGE) {
+                /* Leave it to fetch_try: it answers the partition with a
+                 * storage error rather than looping. */
+                fp->pd->ErrorCode = err == KS_ERR__CORRUPT ? KS_ERR_CORRUPT_MESSAGE : KS_ERR_KAFKA_STORAGE_ERROR;
+        }
+        load_finished(fp->ctx);
 }
 
 /* --- the fetch itself ---------------------------------------------------- */
@@ -266,14 +271,20 @@ static void fetch_try(fetch_ctx_t *ctx, bool final)
         if (any_load) {
                 ctx->loading = true;
                 ctx->outstanding++;
-                if (ks_workq_submit(b->workq, load_job, ctx) != 0) {
-                        ctx->outstanding--;
-                        ctx->loading = false;
-                        for (int i = 0; i < ctx->nparts; i++)
-                                if (ctx->parts[i].need_load)
-                                        ctx->parts[i].pd->ErrorCode = KS_ERR_KAFKA_STORAGE_ERROR;
-                        fetch_answer(ctx);
+                /* One job per partition; the extra count keeps the last
+                 * job from finishing the fetch before every job is queued. */
+                ctx->loads_left = 1;
+                for (int i = 0; i < ctx->nparts; i++) {
+                        fetch_part_t *fp = &ctx->parts[i];
+                        if (!fp->need_load)
+                                continue;
+                        __atomic_add_fetch(&ctx->loads_left, 1, __ATOMIC_ACQ_REL);
+                        if (ks_workq_submit(b->workq, load_job, fp) != 0) {
+                                fp->pd->ErrorCode = KS_ERR_KAFKA_STORAGE_ERROR;
+                                __atomic_sub_fetch(&ctx->loads_left, 1, __ATOMIC_ACQ_REL);
+                        }
                 }
+                load_finished(ctx);
                 return;
         }
         /* Kafka answers as soon as MinBytes are available up to the high

@@ -53,7 +53,8 @@ typedef struct segdata {
         int refs; /* atomic */
         int64_t base, next; /* [base, next) */
         int32_t epoch;      /* leader epoch it is written at (object key, batches) */
-        uint8_t *buf;
+        uint8_t *buf;       /* the batches: malloc'ed, or inside `alloc` */
+        uint8_t *alloc;     /* loaded segments: the object as read (NULL: buf is the allocation) */
         size_t len, cap;
         batchent_t *b;
         int nb, bcap;
@@ -117,6 +118,7 @@ struct ks_partition {
         segdata_t *sealed_head, *sealed_tail; /* full chunks waiting for their upload, in offset order */
         size_t sealed_bytes;
         bool uploading;
+        bool reading_ahead; /* a readahead_job runs for it */
         int failures;
         bool storage_failing;
         bool dropped;
@@ -265,7 +267,7 @@ static void segdata_unref(segdata_t *d)
 {
         if (d && __atomic_sub_fetch(&d->refs, 1, __ATOMIC_ACQ_REL) == 0) {
                 segdata_unaccount(d);
-                free(d->buf);
+                free(d->alloc ? d->alloc : d->buf);
                 free(d->b);
                 free(d);
         }
@@ -333,9 +335,13 @@ static int segdata_find(const segdata_t *d, int64_t offset)
         return lo;
 }
 
-/* Builds a segdata from a verified segment body (cold read). */
-static ks_err_t segdata_from_body(const uint8_t *body, size_t len, int64_t base, segdata_t **out)
+/* Builds a segdata over a verified segment body (cold read): the batches
+ * stay where they were read, inside ob's buffer, which the segdata takes
+ * over (ob is emptied, also on failure). */
+static ks_err_t segdata_from_body(ks_objbuf_t *ob, uint8_t *body, size_t len, int64_t base, segdata_t **out)
 {
+        uint8_t *alloc = ob->data;
+        *ob = (ks_objbuf_t){ 0 };
         segdata_t *d = segdata_new(base);
         if (!d)
                 return KS_ERR__NOMEM;
@@ -344,21 +350,20 @@ static ks_err_t segdata_from_body(const uint8_t *body, size_t len, int64_t base,
                 ks_batch_info_t bi;
                 if (ks_batch_header_parse(body + pos, len - pos, &bi) != 0 || bi.size > len - pos) {
                         segdata_unref(d);
+                        free(alloc);
                         return KS_ERR__CORRUPT;
                 }
                 if (segdata_reserve(d, 0) != 0) {
                         segdata_unref(d);
+                        free(alloc);
                         return KS_ERR__NOMEM;
                 }
                 segdata_note_batch(d, &bi, bi.base_offset, pos);
                 pos += bi.size;
         }
-        d->buf = malloc(len ? len : 1);
-        if (!d->buf) {
-                segdata_unref(d);
-                return KS_ERR__NOMEM;
-        }
-        memcpy(d->buf, body, len);
+        free(d->buf); /* segdata_reserve's empty first block */
+        d->alloc = alloc;
+        d->buf = body;
         d->len = d->cap = len;
         *out = d;
         return 0;
@@ -1436,8 +1441,7 @@ static ks_err_t load_segment(ks_partition_t *p, int64_t base, int32_t epoch, seg
                 return KS_ERR__CORRUPT;
         }
         segdata_t *d = NULL;
-        err = segdata_from_body(v.body, v.body_len, base, &d);
-        ks_objbuf_free(&ob);
+        err = segdata_from_body(&ob, (uint8_t *)v.body, v.body_len, base, &d);
         if (err)
                 return err;
         if (pin) {
@@ -1534,8 +1538,7 @@ static ks_err_t load_range(ks_partition_t *p, const ks_seg_meta_t *m, int64_t of
                 }
                 if (holds || next > offset) {
                         segdata_t *d = NULL;
-                        err = segdata_from_body(ob.data, used, first, &d);
-                        ks_objbuf_free(&ob);
+                        err = segdata_from_body(&ob, ob.data, used, first, &d);
                         if (err)
                                 return err;
                         *pin = d;
@@ -1545,6 +1548,60 @@ static ks_err_t load_range(ks_partition_t *p, const ks_seg_meta_t *m, int64_t of
                 pos += (int64_t)used; /* the index entry was further back: read on */
         }
         return KS_ERR__NOT_FOUND;
+}
+
+/* Segments read ahead of a cold reader, on the storage threads, so that
+ * the read that asked for them does not wait. */
+typedef struct readahead {
+        ks_partition_t *p; /* referenced */
+        int n;
+        int64_t bases[16];
+        int32_t epochs[16];
+} readahead_t;
+
+static void readahead_job(void *arg)
+{
+        readahead_t *ra = arg;
+        for (int k = 0; k < ra->n; k++)
+                if (load_segment(ra->p, ra->bases[k], ra->epochs[k], NULL) != 0)
+                        break;
+        pthread_mutex_lock(&ra->p->lock);
+        ra->p->reading_ahead = false;
+        pthread_mutex_unlock(&ra->p->lock);
+        ks_partition_release(ra->p);
+        free(ra);
+}
+
+/* Queues the read-ahead of segments bases[0..n) (one job per partition at
+ * a time; more is skipped: the next read asks again). */
+static void readahead_start(ks_partition_t *p, const int64_t *bases, const int32_t *epochs, int n)
+{
+        if (n <= 0)
+                return;
+        readahead_t *ra = malloc(sizeof(*ra));
+        if (!ra)
+                return;
+        pthread_mutex_lock(&p->lock);
+        bool busy = p->reading_ahead || p->dropped;
+        if (!busy)
+                p->reading_ahead = true;
+        pthread_mutex_unlock(&p->lock);
+        if (busy) {
+                free(ra);
+                return;
+        }
+        ra->p = p;
+        ra->n = n < 16 ? n : 16;
+        memcpy(ra->bases, bases, (size_t)ra->n * sizeof(*bases));
+        memcpy(ra->epochs, epochs, (size_t)ra->n * sizeof(*epochs));
+        partition_ref(p);
+        if (ks_workq_submit(p->log->workers, readahead_job, ra) != 0) {
+                pthread_mutex_lock(&p->lock);
+                p->reading_ahead = false;
+                pthread_mutex_unlock(&p->lock);
+                ks_partition_release(p);
+                free(ra);
+        }
 }
 
 ks_err_t ks_partition_load_for_read(ks_partition_t *p, int64_t offset, ks_segref_t **pin)
@@ -1587,17 +1644,16 @@ ks_err_t ks_partition_load_for_read(ks_partition_t *p, int64_t offset, ks_segref
         pthread_mutex_unlock(&p->lock);
         if (i < 0)
                 return KS_ERR_OFFSET_OUT_OF_RANGE;
+        /* The segment holding `offset` (pinned) unless it was cached
+         * already; the read-ahead goes on without us. */
         ks_err_t err = 0;
-        for (int k = 0; k < n; k++) {
-                /* The segment holding `offset` (pinned) unless it was
-                 * cached already, then read-ahead. */
-                bool wanted = k == 0 && !cached;
-                ks_err_t e = load_segment(p, bases[k], epochs[k], wanted ? &cached : NULL);
-                if (wanted)
-                        err = e;
-                if (e)
-                        break;
+        int k = 0;
+        if (!cached && n > 0) {
+                err = load_segment(p, bases[0], epochs[0], &cached);
+                k = 1;
         }
+        if (!err)
+                readahead_start(p, bases + k, epochs + k, n - k);
         if (pin)
                 *pin = (ks_segref_t *)cached;
         else
