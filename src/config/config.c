@@ -82,7 +82,7 @@ static const var_t vars[] = {
         { "KAFSCALE_CONNECTION_IDLE_MS", "600000", T_INT, 100, INT64_MAX / 2,
           "Close connections idle for this long" },
         { "KAFSCALE_MAX_CONNECTIONS", "10000", T_INT, 1, 1000000, "Maximum open client connections" },
-        { "KAFSCALE_MAX_INFLIGHT_PER_CONNECTION", "64", T_INT, 1, 4096,
+        { "KAFSCALE_MAX_INFLIGHT_PER_CONNECTION", "1024", T_INT, 1, 4096,
           "Requests read ahead from one connection before its responses are written" },
 };
 
