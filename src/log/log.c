@@ -701,6 +701,15 @@ static void schedule_flush(ks_log_t *log, ks_partition_t *p, int64_t at)
 
 static void upload_job(void *arg);
 
+/* p->uploading, counted in kafscale_flushes_in_flight (p->lock held). */
+static void set_uploading_locked(ks_partition_t *p, bool on)
+{
+        if (p->uploading == on)
+                return;
+        p->uploading = on;
+        ks_metric_add(ks_std_metrics.flushes_in_flight, 0, on ? 1 : -1);
+}
+
 /* Scheduler: the flush of p is due. */
 static void flush_due(ks_log_t *log, ks_partition_t *p)
 {
@@ -726,14 +735,14 @@ static void flush_due(ks_log_t *log, ks_partition_t *p)
                 go = true;
         }
         if (go)
-                p->uploading = true;
+                set_uploading_locked(p, true);
         pthread_mutex_unlock(&p->lock);
         if (!go)
                 return;
         partition_ref(p);
         if (ks_workq_submit(log->workers, upload_job, p) != 0) {
                 pthread_mutex_lock(&p->lock);
-                p->uploading = false;
+                set_uploading_locked(p, false);
                 pthread_mutex_unlock(&p->lock);
                 ks_partition_release(p);
                 ks_log_error("flush_submit_failed", "topic=%s partition=%d", p->topic, p->index);
@@ -1115,7 +1124,7 @@ static void upload_job(void *arg)
                             p->topic, p->index, (long long)d->base, p->failures, ks_err_name(err),
                             (long long)backoff);
         }
-        p->uploading = false;
+        set_uploading_locked(p, false);
         pthread_cond_broadcast(&p->idle_cond);
         pthread_mutex_unlock(&p->lock);
 

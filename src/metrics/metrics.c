@@ -805,6 +805,10 @@ static void std_create(void)
         n.flush_duration = ks_metrics_histogram(r, "kafscale_flush_duration_seconds",
                                                 "Time from the start of a segment upload to its commit.", NULL, NULL,
                                                 0);
+        n.flushes_in_flight = ks_metrics_gauge(r, "kafscale_flushes_in_flight",
+                                               "Segment flushes (upload and commit) in progress, at most one per "
+                                               "partition.",
+                                               NULL);
         n.cache_hits = ks_metrics_counter(r, "kafscale_cache_hits_total",
                                           "Partition reads served from the segment cache.", NULL);
         n.cache_misses = ks_metrics_counter(r, "kafscale_cache_misses_total",

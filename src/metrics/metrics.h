@@ -299,6 +299,7 @@ typedef struct ks_std_metrics {
         ks_metric_t *flushes;           /* counter {result}: KS_METRICS_FLUSH_* */
         ks_metric_t *flush_bytes;       /* counter: bytes of segments committed */
         ks_metric_t *flush_duration;    /* histogram: upload + commit, seconds */
+        ks_metric_t *flushes_in_flight; /* gauge: partitions uploading and committing a segment */
         ks_metric_t *cache_hits;        /* counter: reads served from the segment cache */
         ks_metric_t *cache_misses;      /* counter: reads that had to load a segment */
         ks_metric_t *cache_bytes;       /* gauge: bytes held by the segment cache */
