@@ -955,6 +955,50 @@ TEST(cluster_killed_broker_is_taken_over_after_ttl)
         fx_destroy(&f);
 }
 
+/* A keepalive that finds the session's lease gone (revoked in the store, as
+ * an etcd operator or a compaction of leases would): the broker gives its
+ * partitions up at once, without waiting for the TTL, the others take them
+ * at the next epoch, and the broker comes back with a new session. */
+TEST(cluster_lease_revoked_under_a_live_broker_is_given_up_and_renewed)
+{
+        fx_t f;
+        REQUIRE(fx_init(&f, false));
+        const int32_t parts = 12;
+        make_topic(f.kv, "r", parts);
+        start_opts_t o = { .clock = &f.clock.base }, oc = { .clock = &f.clock.base, .cuttable = true };
+        tb_t a, b;
+        tb_t *bs[] = { &a, &b };
+        REQUIRE_EQ_INT(tb_start(&a, f.kv, 1, &o), 0);
+        REQUIRE_EQ_INT(tb_start(&b, f.kv, 2, &oc), 0);
+        const int32_t two[] = { 1, 2 };
+        conv_t cv = { f.kv, "r", parts, two, 2, bs, 2 };
+        REQUIRE(wait_for(converged, &cv, WAIT_MS));
+        int32_t pb = -1, nb = 0;
+        for (int p = 0; p < parts; p++)
+                if (lease_holder_tp(f.kv, "r", p) == 2) {
+                        nb++;
+                        pb = p;
+                }
+        REQUIRE(nb > 0);
+        int32_t epoch = ps_epoch(f.kv, "r", pb);
+
+        journal_reset();
+        __atomic_store_n(&b.faults.lose_leases, 1, __ATOMIC_SEQ_CST);
+        REQUIRE(advance(&f.clock, STEP_MS, bs, 2)); /* well within the TTL */
+        jwait_t w = { 'L', 2, NULL, -1, nb };
+        CHECK(wait_for(journal_has, &w, WAIT_MS));
+        CHECK_EQ_INT(__atomic_load_n(&b.faults.leases_lost, __ATOMIC_SEQ_CST), 1);
+        CHECK(wait_for(converged, &cv, WAIT_MS));
+        ks_cluster_stats_t st;
+        ks_cluster_get_stats(b.c, &st);
+        CHECK_EQ_INT(st.sessions, 2);
+        CHECK_EQ_INT(journal_count('L', 1, NULL, -1), 0);
+        CHECK(ps_epoch(f.kv, "r", pb) >= epoch + 1);
+        tb_done(&a, false);
+        tb_done(&b, false);
+        fx_destroy(&f);
+}
+
 /* ------------------------------------------------------------ topics deleted */
 
 TEST(cluster_follows_topics_deleted_recreated_and_grown)
