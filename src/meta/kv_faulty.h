@@ -5,10 +5,10 @@
  * with atomics on every call, so a test may change it while the store is in
  * use (set fields with __atomic_store_n, read counters with
  * __atomic_load_n).  The inner store stays the caller's.  Watches pass
- * through untouched: they keep delivering whatever the plan says.
+ * through untouched: they keep delivering whatever the plan, even `down`.
  *
- * Each call is counted, waits delay_ms, and then at most one fault is
- * chosen, in this order:
+ * Every other call is counted, waits delay_ms, and then at most one fault
+ * is chosen, in this order:
  *  1. down: every call fails with KS_ERR__UNAVAILABLE, nothing applied
  *     (a store that cannot be reached);
  *  2. fail_next[kind]: the call fails likewise, nothing applied;
