@@ -88,9 +88,21 @@ static const var_t vars[] = {
 
 #define N_VARS (sizeof(vars) / sizeof(vars[0]))
 
-static const char *var_value(const var_t *v)
+const char *ks_env_getenv(void *opaque, const char *name)
 {
-        const char *s = getenv(v->name);
+        (void)opaque;
+        return getenv(name);
+}
+
+/* Where this parse reads its variables. */
+typedef struct env {
+        ks_env_lookup_fn *lookup;
+        void *opaque;
+} env_t;
+
+static const char *var_value(const env_t *e, const var_t *v)
+{
+        const char *s = e->lookup(e->opaque, v->name);
         return s ? s : v->def;
 }
 
@@ -159,22 +171,22 @@ static const var_t *find_var(const char *name)
         return NULL;
 }
 
-static int get_int(const char *name, int64_t *out, char *err, size_t errlen)
+static int get_int(const env_t *e, const char *name, int64_t *out, char *err, size_t errlen)
 {
         const var_t *v = find_var(name);
-        return parse_int(v, var_value(v), out, err, errlen);
+        return parse_int(v, var_value(e, v), out, err, errlen);
 }
 
-static int get_bool(const char *name, bool *out, char *err, size_t errlen)
+static int get_bool(const env_t *e, const char *name, bool *out, char *err, size_t errlen)
 {
         const var_t *v = find_var(name);
-        return parse_bool(v, var_value(v), out, err, errlen);
+        return parse_bool(v, var_value(e, v), out, err, errlen);
 }
 
-static int get_str(const char *name, char *out, size_t outlen, char *err, size_t errlen)
+static int get_str(const env_t *e, const char *name, char *out, size_t outlen, char *err, size_t errlen)
 {
         const var_t *v = find_var(name);
-        const char *s = var_value(v);
+        const char *s = var_value(e, v);
         if (strlen(s) >= outlen) {
                 snprintf(err, errlen, "%s is too long (at most %zu characters)", name, outlen - 1);
                 return -1;
@@ -185,69 +197,75 @@ static int get_str(const char *name, char *out, size_t outlen, char *err, size_t
 
 int ks_config_from_env(ks_config_t *cfg, char *err, size_t errlen)
 {
+        return ks_config_from(cfg, ks_env_getenv, NULL, err, errlen);
+}
+
+int ks_config_from(ks_config_t *cfg, ks_env_lookup_fn *lookup, void *opaque, char *err, size_t errlen)
+{
+        const env_t env = { lookup, opaque }, *e = &env;
         memset(cfg, 0, sizeof(*cfg));
         int64_t x;
         const var_t *v;
 
         v = find_var("KAFSCALE_BROKER_ADDR");
-        if (parse_addr(v, var_value(v), cfg->listen_host, sizeof(cfg->listen_host), &cfg->listen_port, err,
+        if (parse_addr(v, var_value(e, v), cfg->listen_host, sizeof(cfg->listen_host), &cfg->listen_port, err,
                        errlen))
                 return -1;
         v = find_var("KAFSCALE_METRICS_ADDR");
-        if (parse_addr(v, var_value(v), cfg->metrics_host, sizeof(cfg->metrics_host), &cfg->metrics_port, err,
+        if (parse_addr(v, var_value(e, v), cfg->metrics_host, sizeof(cfg->metrics_host), &cfg->metrics_port, err,
                        errlen))
                 return -1;
-        if (get_str("KAFSCALE_BROKER_HOST", cfg->advertised_host, sizeof(cfg->advertised_host), err, errlen))
+        if (get_str(e, "KAFSCALE_BROKER_HOST", cfg->advertised_host, sizeof(cfg->advertised_host), err, errlen))
                 return -1;
-        if (get_int("KAFSCALE_BROKER_PORT", &x, err, errlen))
+        if (get_int(e, "KAFSCALE_BROKER_PORT", &x, err, errlen))
                 return -1;
         cfg->advertised_port = (int)x;
-        if (get_int("KAFSCALE_BROKER_ID", &x, err, errlen))
+        if (get_int(e, "KAFSCALE_BROKER_ID", &x, err, errlen))
                 return -1;
         cfg->broker_id = (int32_t)x;
-        if (get_str("KAFSCALE_DATA_DIR", cfg->data_dir, sizeof(cfg->data_dir), err, errlen))
+        if (get_str(e, "KAFSCALE_DATA_DIR", cfg->data_dir, sizeof(cfg->data_dir), err, errlen))
                 return -1;
-        if (get_bool("KAFSCALE_USE_MEMORY_METADATA", &cfg->memory_metadata, err, errlen))
+        if (get_bool(e, "KAFSCALE_USE_MEMORY_METADATA", &cfg->memory_metadata, err, errlen))
                 return -1;
-        if (get_str("KAFSCALE_ETCD_ENDPOINTS", cfg->etcd_endpoints, sizeof(cfg->etcd_endpoints), err, errlen))
+        if (get_str(e, "KAFSCALE_ETCD_ENDPOINTS", cfg->etcd_endpoints, sizeof(cfg->etcd_endpoints), err, errlen))
                 return -1;
-        if (get_str("KAFSCALE_ETCD_USERNAME", cfg->etcd_username, sizeof(cfg->etcd_username), err, errlen))
+        if (get_str(e, "KAFSCALE_ETCD_USERNAME", cfg->etcd_username, sizeof(cfg->etcd_username), err, errlen))
                 return -1;
-        if (get_str("KAFSCALE_ETCD_PASSWORD", cfg->etcd_password, sizeof(cfg->etcd_password), err, errlen))
+        if (get_str(e, "KAFSCALE_ETCD_PASSWORD", cfg->etcd_password, sizeof(cfg->etcd_password), err, errlen))
                 return -1;
-        if (get_int("KAFSCALE_ETCD_TIMEOUT_MS", &cfg->etcd_timeout_ms, err, errlen))
+        if (get_int(e, "KAFSCALE_ETCD_TIMEOUT_MS", &cfg->etcd_timeout_ms, err, errlen))
                 return -1;
-        if (get_int("KAFSCALE_LEASE_TTL_MS", &cfg->lease_ttl_ms, err, errlen))
+        if (get_int(e, "KAFSCALE_LEASE_TTL_MS", &cfg->lease_ttl_ms, err, errlen))
                 return -1;
-        if (get_bool("KAFSCALE_USE_MEMORY_S3", &cfg->memory_s3, err, errlen))
+        if (get_bool(e, "KAFSCALE_USE_MEMORY_S3", &cfg->memory_s3, err, errlen))
                 return -1;
-        if (ks_s3_config_from_env(&cfg->s3, cfg->s3_storage, sizeof(cfg->s3_storage), err, errlen) != 0)
+        if (ks_s3_config_from(&cfg->s3, lookup, opaque, cfg->s3_storage, sizeof(cfg->s3_storage), err, errlen) != 0)
                 return -1;
-        if (get_str("KAFSCALE_S3_NAMESPACE", cfg->s3_namespace, sizeof(cfg->s3_namespace), err, errlen))
+        if (get_str(e, "KAFSCALE_S3_NAMESPACE", cfg->s3_namespace, sizeof(cfg->s3_namespace), err, errlen))
                 return -1;
         cfg->flush_interval_ms = -1;
-        if (getenv("KAFSCALE_FLUSH_INTERVAL_MS")) {
-                if (get_int("KAFSCALE_FLUSH_INTERVAL_MS", &cfg->flush_interval_ms, err, errlen))
+        if (lookup(opaque, "KAFSCALE_FLUSH_INTERVAL_MS")) {
+                if (get_int(e, "KAFSCALE_FLUSH_INTERVAL_MS", &cfg->flush_interval_ms, err, errlen))
                         return -1;
         }
-        if (get_int("KAFSCALE_SEGMENT_BYTES", &cfg->segment_bytes, err, errlen))
+        if (get_int(e, "KAFSCALE_SEGMENT_BYTES", &cfg->segment_bytes, err, errlen))
                 return -1;
-        if (get_int("KAFSCALE_CACHE_BYTES", &cfg->cache_bytes, err, errlen))
+        if (get_int(e, "KAFSCALE_CACHE_BYTES", &cfg->cache_bytes, err, errlen))
                 return -1;
-        if (get_int("KAFSCALE_PRODUCE_BUFFER_BYTES", &cfg->produce_buffer_bytes, err, errlen))
+        if (get_int(e, "KAFSCALE_PRODUCE_BUFFER_BYTES", &cfg->produce_buffer_bytes, err, errlen))
                 return -1;
-        if (get_int("KAFSCALE_READAHEAD_SEGMENTS", &x, err, errlen))
+        if (get_int(e, "KAFSCALE_READAHEAD_SEGMENTS", &x, err, errlen))
                 return -1;
         cfg->readahead_segments = (int)x;
-        if (get_int("KAFSCALE_STORAGE_THREADS", &x, err, errlen))
+        if (get_int(e, "KAFSCALE_STORAGE_THREADS", &x, err, errlen))
                 return -1;
         cfg->storage_threads = (int)x;
-        if (get_int("KAFSCALE_MAX_MESSAGE_BYTES", &x, err, errlen))
+        if (get_int(e, "KAFSCALE_MAX_MESSAGE_BYTES", &x, err, errlen))
                 return -1;
         cfg->max_message_bytes = (int32_t)x;
-        if (get_int("KAFSCALE_RETENTION_CHECK_INTERVAL_MS", &cfg->retention_check_ms, err, errlen))
+        if (get_int(e, "KAFSCALE_RETENTION_CHECK_INTERVAL_MS", &cfg->retention_check_ms, err, errlen))
                 return -1;
-        if (get_int("KAFSCALE_LAG_INTERVAL_MS", &cfg->lag_interval_ms, err, errlen))
+        if (get_int(e, "KAFSCALE_LAG_INTERVAL_MS", &cfg->lag_interval_ms, err, errlen))
                 return -1;
         if (cfg->s3_namespace[0] == '\0' || strchr(cfg->s3_namespace, '/')) {
                 snprintf(err, errlen, "KAFSCALE_S3_NAMESPACE=\"%s\" is not valid: use a non-empty name without '/'",
@@ -259,13 +277,13 @@ int ks_config_from_env(ks_config_t *cfg, char *err, size_t errlen)
                                       "(unset KAFSCALE_USE_MEMORY_S3 to store records in the bucket)");
                 return -1;
         }
-        if (get_int("KAFSCALE_GROUP_MIN_SESSION_TIMEOUT_MS", &x, err, errlen))
+        if (get_int(e, "KAFSCALE_GROUP_MIN_SESSION_TIMEOUT_MS", &x, err, errlen))
                 return -1;
         cfg->group_min_session_timeout_ms = (int32_t)x;
-        if (get_int("KAFSCALE_GROUP_MAX_SESSION_TIMEOUT_MS", &x, err, errlen))
+        if (get_int(e, "KAFSCALE_GROUP_MAX_SESSION_TIMEOUT_MS", &x, err, errlen))
                 return -1;
         cfg->group_max_session_timeout_ms = (int32_t)x;
-        if (get_int("KAFSCALE_GROUP_INITIAL_REBALANCE_DELAY_MS", &x, err, errlen))
+        if (get_int(e, "KAFSCALE_GROUP_INITIAL_REBALANCE_DELAY_MS", &x, err, errlen))
                 return -1;
         cfg->group_initial_rebalance_delay_ms = (int32_t)x;
         if (cfg->group_min_session_timeout_ms > cfg->group_max_session_timeout_ms) {
@@ -274,32 +292,32 @@ int ks_config_from_env(ks_config_t *cfg, char *err, size_t errlen)
                          cfg->group_min_session_timeout_ms, cfg->group_max_session_timeout_ms);
                 return -1;
         }
-        if (get_bool("KAFSCALE_AUTO_CREATE_TOPICS", &cfg->auto_create_topics, err, errlen))
+        if (get_bool(e, "KAFSCALE_AUTO_CREATE_TOPICS", &cfg->auto_create_topics, err, errlen))
                 return -1;
-        if (get_int("KAFSCALE_DEFAULT_PARTITIONS", &x, err, errlen))
+        if (get_int(e, "KAFSCALE_DEFAULT_PARTITIONS", &x, err, errlen))
                 return -1;
         cfg->default_partitions = (int32_t)x;
         v = find_var("KAFSCALE_LOG_LEVEL");
-        if (ks_log_parse_level(var_value(v), &cfg->log_level) != 0) {
+        if (ks_log_parse_level(var_value(e, v), &cfg->log_level) != 0) {
                 snprintf(err, errlen, "KAFSCALE_LOG_LEVEL=\"%s\" is not valid: expected debug, info, warn or error",
-                         var_value(v));
+                         var_value(e, v));
                 return -1;
         }
-        if (get_int("KAFSCALE_IO_THREADS", &x, err, errlen))
+        if (get_int(e, "KAFSCALE_IO_THREADS", &x, err, errlen))
                 return -1;
         cfg->io_threads = (int)x;
         if (cfg->io_threads == 0) {
                 long n = sysconf(_SC_NPROCESSORS_ONLN);
                 cfg->io_threads = n > 0 ? (int)(n > 64 ? 64 : n) : 1;
         }
-        if (get_int("KAFSCALE_MAX_REQUEST_BYTES", &cfg->max_request_bytes, err, errlen))
+        if (get_int(e, "KAFSCALE_MAX_REQUEST_BYTES", &cfg->max_request_bytes, err, errlen))
                 return -1;
-        if (get_int("KAFSCALE_CONNECTION_IDLE_MS", &cfg->idle_timeout_ms, err, errlen))
+        if (get_int(e, "KAFSCALE_CONNECTION_IDLE_MS", &cfg->idle_timeout_ms, err, errlen))
                 return -1;
-        if (get_int("KAFSCALE_MAX_CONNECTIONS", &x, err, errlen))
+        if (get_int(e, "KAFSCALE_MAX_CONNECTIONS", &x, err, errlen))
                 return -1;
         cfg->max_connections = (int)x;
-        if (get_int("KAFSCALE_MAX_INFLIGHT_PER_CONNECTION", &x, err, errlen))
+        if (get_int(e, "KAFSCALE_MAX_INFLIGHT_PER_CONNECTION", &x, err, errlen))
                 return -1;
         cfg->max_inflight_per_conn = (int)x;
 

@@ -13,6 +13,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "config/env.h"
 #include "config/s3_config.h"
 #include "util/log.h"
 
@@ -71,6 +72,10 @@ typedef struct ks_config {
 /* Reads the environment into *cfg.  Returns 0, or -1 with a message for the
  * operator in err (what is wrong and how to fix it). */
 int ks_config_from_env(ks_config_t *cfg, char *err, size_t errlen);
+
+/* The same, reading every variable (KAFSCALE_*, AWS_*) through `lookup`
+ * instead of the environment. */
+int ks_config_from(ks_config_t *cfg, ks_env_lookup_fn *lookup, void *opaque, char *err, size_t errlen);
 
 /* Default flush interval per object-store backend ("memory", "local",
  * "s3"), used when KAFSCALE_FLUSH_INTERVAL_MS is not set. */

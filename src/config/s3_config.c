@@ -40,10 +40,16 @@ static const s3_var_t s3_vars[] = {
 #define MAX_KEY 2048
 #define MAX_TOKEN 8192
 
-/* Environment value; "" counts as unset (NULL). */
-static const char *env(const char *name)
+/* Where this parse reads its variables. */
+typedef struct env {
+        ks_env_lookup_fn *lookup;
+        void *opaque;
+} env_t;
+
+/* A variable's value; "" counts as unset (NULL). */
+static const char *env(const env_t *e, const char *name)
 {
-        const char *v = getenv(name);
+        const char *v = e->lookup(e->opaque, name);
         return v && v[0] ? v : NULL;
 }
 
@@ -76,9 +82,10 @@ static int fail(char *err, size_t errlen, const char *fmt, ...)
         return -1;
 }
 
-static int parse_int(const char *name, const char *def, long lo, long hi, int *out, char *err, size_t errlen)
+static int parse_int(const env_t *e, const char *name, const char *def, long lo, long hi, int *out, char *err,
+                     size_t errlen)
 {
-        const char *s = env(name);
+        const char *s = env(e, name);
         char *end;
         if (!s)
                 s = def;
@@ -156,6 +163,13 @@ static const char *bucket_problem(const char *b, int path_style)
 
 int ks_s3_config_from_env(ks_s3_config_t *cfg, char *storage, size_t storage_len, char *err, size_t errlen)
 {
+        return ks_s3_config_from(cfg, ks_env_getenv, NULL, storage, storage_len, err, errlen);
+}
+
+int ks_s3_config_from(ks_s3_config_t *cfg, ks_env_lookup_fn *lookup, void *opaque, char *storage, size_t storage_len,
+                      char *err, size_t errlen)
+{
+        const env_t en = { lookup, opaque }, *e = &en;
         arena_t a = {storage, storage_len, 0};
         ks_s3_config_t c = {0};
         ks_s3_endpoint_t ep;
@@ -165,10 +179,10 @@ int ks_s3_config_from_env(ks_s3_config_t *cfg, char *storage, size_t storage_len
         if (err && errlen)
                 err[0] = '\0';
 
-        const char *bucket = env("KAFSCALE_S3_BUCKET");
+        const char *bucket = env(e, "KAFSCALE_S3_BUCKET");
         if (!bucket) {
                 for (size_t i = 1; i < N_S3_VARS; i++)
-                        if (env(s3_vars[i].name))
+                        if (env(e, s3_vars[i].name))
                                 return fail(err, errlen,
                                             "%s is set but KAFSCALE_S3_BUCKET is not: set KAFSCALE_S3_BUCKET to "
                                             "store records in S3, or unset %s",
@@ -177,13 +191,13 @@ int ks_s3_config_from_env(ks_s3_config_t *cfg, char *storage, size_t storage_len
         }
 
         /* Endpoint and addressing first: the bucket rules depend on them. */
-        const char *endpoint = env("KAFSCALE_S3_ENDPOINT");
+        const char *endpoint = env(e, "KAFSCALE_S3_ENDPOINT");
         if (endpoint && strlen(endpoint) > MAX_ENDPOINT)
                 return fail(err, errlen, "KAFSCALE_S3_ENDPOINT is longer than %d characters", MAX_ENDPOINT);
         if (endpoint && ks_s3_endpoint_parse(endpoint, &ep, why, sizeof(why)) != KS_ERR_NONE)
                 return fail(err, errlen, "KAFSCALE_S3_ENDPOINT=\"%s\" is not valid: it %s (e.g. http://127.0.0.1:9000)",
                             endpoint, why);
-        const char *ps = env("KAFSCALE_S3_PATH_STYLE");
+        const char *ps = env(e, "KAFSCALE_S3_PATH_STYLE");
         c.path_style = endpoint != NULL;
         if (ps && parse_bool("KAFSCALE_S3_PATH_STYLE", ps, &c.path_style, err, errlen))
                 return -1;
@@ -197,7 +211,7 @@ int ks_s3_config_from_env(ks_s3_config_t *cfg, char *storage, size_t storage_len
         if (bp)
                 return fail(err, errlen, "KAFSCALE_S3_BUCKET=\"%.255s\" is not a valid bucket name: it %s", bucket, bp);
 
-        const char *region = env("KAFSCALE_S3_REGION");
+        const char *region = env(e, "KAFSCALE_S3_REGION");
         if (!region)
                 region = "us-east-1";
         size_t rl = strlen(region);
@@ -211,8 +225,8 @@ int ks_s3_config_from_env(ks_s3_config_t *cfg, char *storage, size_t storage_len
                             region, MAX_REGION);
 
         /* Credentials: one pair from one source. */
-        const char *kak = env("KAFSCALE_S3_ACCESS_KEY"), *ksk = env("KAFSCALE_S3_SECRET_KEY");
-        const char *kst = env("KAFSCALE_S3_SESSION_TOKEN");
+        const char *kak = env(e, "KAFSCALE_S3_ACCESS_KEY"), *ksk = env(e, "KAFSCALE_S3_SECRET_KEY");
+        const char *kst = env(e, "KAFSCALE_S3_SESSION_TOKEN");
         const char *ak, *sk, *st, *ak_name, *sk_name, *st_name;
         if (kak || ksk) {
                 if (!kak || !ksk)
@@ -230,7 +244,8 @@ int ks_s3_config_from_env(ks_s3_config_t *cfg, char *storage, size_t storage_len
                         return fail(err, errlen,
                                     "KAFSCALE_S3_SESSION_TOKEN is set but KAFSCALE_S3_ACCESS_KEY and "
                                     "KAFSCALE_S3_SECRET_KEY are not: a session token belongs to its key pair");
-                ak = env("AWS_ACCESS_KEY_ID"), sk = env("AWS_SECRET_ACCESS_KEY"), st = env("AWS_SESSION_TOKEN");
+                ak = env(e, "AWS_ACCESS_KEY_ID"), sk = env(e, "AWS_SECRET_ACCESS_KEY");
+                st = env(e, "AWS_SESSION_TOKEN");
                 ak_name = "AWS_ACCESS_KEY_ID", sk_name = "AWS_SECRET_ACCESS_KEY", st_name = "AWS_SESSION_TOKEN";
                 if (!ak && !sk)
                         return fail(err, errlen,
@@ -253,9 +268,9 @@ int ks_s3_config_from_env(ks_s3_config_t *cfg, char *storage, size_t storage_len
                 return fail(err, errlen, "%s is not valid: expected printable characters without blanks, at most %d",
                             st_name, MAX_TOKEN);
 
-        if (parse_int("KAFSCALE_S3_CONCURRENCY", "16", 1, 1024, &c.concurrency, err, errlen) ||
-            parse_int("KAFSCALE_S3_TIMEOUT_MS", "30000", 100, 3600000, &c.timeout_ms, err, errlen) ||
-            parse_int("KAFSCALE_S3_MAX_RETRIES", "5", 0, 100, &c.max_retries, err, errlen))
+        if (parse_int(e, "KAFSCALE_S3_CONCURRENCY", "16", 1, 1024, &c.concurrency, err, errlen) ||
+            parse_int(e, "KAFSCALE_S3_TIMEOUT_MS", "30000", 100, 3600000, &c.timeout_ms, err, errlen) ||
+            parse_int(e, "KAFSCALE_S3_MAX_RETRIES", "5", 0, 100, &c.max_retries, err, errlen))
                 return -1;
 
         c.bucket = keep(&a, bucket);

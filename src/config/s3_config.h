@@ -41,6 +41,7 @@
 #include <stddef.h>
 #include <stdio.h>
 
+#include "config/env.h"
 #include "storage/objstore.h"
 
 /* Storage that always suffices for ks_s3_config_from_env(): every string is
@@ -58,6 +59,10 @@
  * (errlen bytes, always NUL-terminated when errlen > 0); *cfg is then
  * zeroed. */
 int ks_s3_config_from_env(ks_s3_config_t *cfg, char *storage, size_t storage_len, char *err, size_t errlen);
+
+/* The same, reading every variable through `lookup` (config/env.h). */
+int ks_s3_config_from(ks_s3_config_t *cfg, ks_env_lookup_fn *lookup, void *opaque, char *storage, size_t storage_len,
+                      char *err, size_t errlen);
 
 /* Prints the variables above with defaults and meanings, in the format of
  * ks_config_print_help(). */

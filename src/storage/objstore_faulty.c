@@ -1,12 +1,14 @@
 /*
  * objstore_faulty.c — a wrapper backend that injects faults into another
- * object store, for tests: the next N puts/gets fail, a share of puts fail
- * at random (seeded), every put is delayed.  The fault plan is read with
+ * object store, for tests: the next N puts/gets/lists fail, calls are
+ * throttled, a share of puts fail at random (seeded), puts and gets are
+ * delayed, gets come back short or corrupt.  The fault plan is read with
  * atomics, so a test may change it while the broker runs.
  */
 #include "storage/objstore_faulty.h"
 
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 typedef struct faulty {
@@ -39,16 +41,38 @@ static bool random_fail(ks_objstore_faults_t *f)
         return (int)(x % 100) < pct;
 }
 
+static void delay(int *ms)
+{
+        int d = __atomic_load_n(ms, __ATOMIC_SEQ_CST);
+        if (d > 0) {
+                struct timespec ts = { d / 1000, (long)(d % 1000) * 1000000L };
+                nanosleep(&ts, NULL);
+        }
+}
+
+/* The call fails with an injected error (counted). */
+static bool injected(ks_objstore_faults_t *f, int *fail_next)
+{
+        if (take_one(&f->slow_down)) {
+                __atomic_add_fetch(&f->throttled, 1, __ATOMIC_SEQ_CST);
+                __atomic_add_fetch(&f->injected, 1, __ATOMIC_SEQ_CST);
+                return true;
+        }
+        if (fail_next && take_one(fail_next)) {
+                __atomic_add_fetch(&f->injected, 1, __ATOMIC_SEQ_CST);
+                return true;
+        }
+        return false;
+}
+
 static ks_err_t f_put(ks_objstore_t *s, const char *key, const struct iovec *iov, int iovcnt)
 {
         faulty_t *fs = (faulty_t *)s;
         __atomic_add_fetch(&fs->f->puts, 1, __ATOMIC_SEQ_CST);
-        int delay = __atomic_load_n(&fs->f->put_delay_ms, __ATOMIC_SEQ_CST);
-        if (delay > 0) {
-                struct timespec ts = { delay / 1000, (long)(delay % 1000) * 1000000L };
-                nanosleep(&ts, NULL);
-        }
-        if (take_one(&fs->f->fail_puts) || random_fail(fs->f)) {
+        delay(&fs->f->put_delay_ms);
+        if (injected(fs->f, &fs->f->fail_puts))
+                return KS_ERR__UNAVAILABLE;
+        if (random_fail(fs->f)) {
                 __atomic_add_fetch(&fs->f->injected, 1, __ATOMIC_SEQ_CST);
                 return KS_ERR__UNAVAILABLE;
         }
@@ -59,21 +83,39 @@ static ks_err_t f_get(ks_objstore_t *s, const char *key, int64_t offset, int64_t
 {
         faulty_t *fs = (faulty_t *)s;
         __atomic_add_fetch(&fs->f->gets, 1, __ATOMIC_SEQ_CST);
-        if (take_one(&fs->f->fail_gets)) {
-                __atomic_add_fetch(&fs->f->injected, 1, __ATOMIC_SEQ_CST);
+        delay(&fs->f->get_delay_ms);
+        if (injected(fs->f, &fs->f->fail_gets))
                 return KS_ERR__UNAVAILABLE;
+        ks_err_t err = fs->inner->ops->get(fs->inner, key, offset, len, out);
+        if (err || out->len == 0)
+                return err;
+        if (take_one(&fs->f->short_gets)) {
+                out->len /= 2; /* the buffer stays as allocated; only fewer bytes count */
+                __atomic_add_fetch(&fs->f->injected, 1, __ATOMIC_SEQ_CST);
+        } else if (take_one(&fs->f->corrupt_gets)) {
+                out->data[out->len / 2] ^= 0x10;
+                __atomic_add_fetch(&fs->f->injected, 1, __ATOMIC_SEQ_CST);
         }
-        return fs->inner->ops->get(fs->inner, key, offset, len, out);
+        return 0;
 }
 
 static ks_err_t f_list(ks_objstore_t *s, const char *prefix, ks_objlist_t *out)
 {
-        return ((faulty_t *)s)->inner->ops->list(((faulty_t *)s)->inner, prefix, out);
+        faulty_t *fs = (faulty_t *)s;
+        __atomic_add_fetch(&fs->f->lists, 1, __ATOMIC_SEQ_CST);
+        if (injected(fs->f, &fs->f->fail_lists)) {
+                memset(out, 0, sizeof(*out));
+                return KS_ERR__UNAVAILABLE;
+        }
+        return fs->inner->ops->list(fs->inner, prefix, out);
 }
 
 static ks_err_t f_del(ks_objstore_t *s, const char *key)
 {
-        return ((faulty_t *)s)->inner->ops->del(((faulty_t *)s)->inner, key);
+        faulty_t *fs = (faulty_t *)s;
+        if (injected(fs->f, NULL))
+                return KS_ERR__UNAVAILABLE;
+        return fs->inner->ops->del(fs->inner, key);
 }
 
 static ks_err_t f_check(ks_objstore_t *s, char *msg, size_t len)

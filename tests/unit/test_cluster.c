@@ -9,8 +9,9 @@
  * until every healthy broker has sent its keepalive for the step, so only
  * the brokers a test silences can expire.  A broker is silenced by
  * ks_cluster_test_kill (kill -9: no hook, no revoke) or by cutting its
- * private store connection (cut_kv_t: every call fails as in a network
- * partition or a paused process; watches still deliver).  One scenario runs
+ * private store connection (a ks_kv_faulty_new() wrapper whose plan is
+ * `down`: every call fails as in a network partition or a paused process;
+ * watches still deliver).  One scenario runs
  * on a real etcd with real 2 s TTLs.
  *
  * Hooks record into one global journal (with a sequence number, so orders
@@ -18,7 +19,6 @@
  * a real-time deadline; nothing asserts after a fixed sleep.
  */
 #include <pthread.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,6 +27,7 @@
 
 #include "cluster/cluster.h"
 #include "etcd_harness.h"
+#include "meta/kv_faulty.h"
 #include "kafscale_metadata.pb-c.h"
 #include "meta/metadata.h"
 #include "test.h"
@@ -60,81 +61,6 @@ static bool wait_for(cond_fn fn, void *arg, int ms)
                 sleep_ms(2);
         } while (real_ms() < until);
         return fn(arg);
-}
-
-/* A store connection that can be cut: every call fails with
- * KS_ERR__UNAVAILABLE while `cut` is set (watches keep delivering). */
-typedef struct cut_kv {
-        ks_kv_t base;
-        ks_kv_ops_t ops;
-        ks_kv_t *inner;
-        atomic_int cut;
-} cut_kv_t;
-
-#define CUT(kv) (atomic_load(&((cut_kv_t *)(kv))->cut))
-
-static ks_err_t cut_range(ks_kv_t *kv, const void *k, size_t kl, const void *e, size_t el, ks_kv_result_t *out)
-{
-        if (CUT(kv)) {
-                memset(out, 0, sizeof(*out));
-                return KS_ERR__UNAVAILABLE;
-        }
-        return ks_kv_range(((cut_kv_t *)kv)->inner, k, kl, e, el, out);
-}
-static ks_err_t cut_put(ks_kv_t *kv, const void *k, size_t kl, const void *v, size_t vl, int64_t lease, int64_t *rev)
-{
-        return CUT(kv) ? KS_ERR__UNAVAILABLE : ks_kv_put(((cut_kv_t *)kv)->inner, k, kl, v, vl, lease, rev);
-}
-static ks_err_t cut_delete(ks_kv_t *kv, const void *k, size_t kl, const void *e, size_t el, int64_t *d, int64_t *rev)
-{
-        return CUT(kv) ? KS_ERR__UNAVAILABLE : ks_kv_delete_range(((cut_kv_t *)kv)->inner, k, kl, e, el, d, rev);
-}
-static ks_err_t cut_txn(ks_kv_t *kv, const ks_kv_cmp_t *c, size_t nc, const ks_kv_op_t *s, size_t ns,
-                        const ks_kv_op_t *f, size_t nf, bool *ok, int64_t *rev)
-{
-        return CUT(kv) ? KS_ERR__UNAVAILABLE : ks_kv_txn(((cut_kv_t *)kv)->inner, c, nc, s, ns, f, nf, ok, rev);
-}
-static ks_err_t cut_grant(ks_kv_t *kv, int64_t ttl, int64_t *id)
-{
-        return CUT(kv) ? KS_ERR__UNAVAILABLE : ks_kv_lease_grant(((cut_kv_t *)kv)->inner, ttl, id);
-}
-static ks_err_t cut_keepalive(ks_kv_t *kv, int64_t id, int64_t *ttl)
-{
-        return CUT(kv) ? KS_ERR__UNAVAILABLE : ks_kv_lease_keepalive(((cut_kv_t *)kv)->inner, id, ttl);
-}
-static ks_err_t cut_revoke(ks_kv_t *kv, int64_t id)
-{
-        return CUT(kv) ? KS_ERR__UNAVAILABLE : ks_kv_lease_revoke(((cut_kv_t *)kv)->inner, id);
-}
-static ks_err_t cut_watch(ks_kv_t *kv, const void *k, size_t kl, const void *e, size_t el, int64_t start,
-                          ks_kv_watch_cb *cb, void *opaque, ks_kv_watch_t **out)
-{
-        return ks_kv_watch(((cut_kv_t *)kv)->inner, k, kl, e, el, start, cb, opaque, out);
-}
-static void cut_watch_cancel(ks_kv_t *kv, ks_kv_watch_t *w)
-{
-        ks_kv_watch_cancel(((cut_kv_t *)kv)->inner, w);
-}
-static void cut_destroy(ks_kv_t *kv)
-{
-        free(kv);
-}
-
-static ks_kv_t *cut_kv_new(ks_kv_t *inner)
-{
-        cut_kv_t *c = calloc(1, sizeof(*c));
-        c->inner = inner;
-        c->ops = (ks_kv_ops_t){ .name = "cut", .range = cut_range, .put = cut_put, .delete_range = cut_delete,
-                                .txn = cut_txn, .lease_grant = cut_grant, .lease_keepalive = cut_keepalive,
-                                .lease_revoke = cut_revoke, .watch = cut_watch, .watch_cancel = cut_watch_cancel,
-                                .destroy = cut_destroy };
-        c->base.ops = &c->ops;
-        return &c->base;
-}
-
-static void cut_set(ks_kv_t *kv, bool cut)
-{
-        atomic_store(&((cut_kv_t *)kv)->cut, cut ? 1 : 0);
 }
 
 /* ------------------------------------------------------------ the hook journal */
@@ -209,10 +135,22 @@ static bool journal_find(char type, const char *name, int32_t partition, jev_t *
 typedef struct tb {
         int32_t id;
         ks_cluster_t *c;
-        ks_kv_t *kv;   /* what the cluster uses (maybe a cut_kv_t) */
+        ks_kv_t *kv;   /* what the cluster uses (maybe a faulty wrapper) */
         ks_kv_t *look; /* for the hooks' own reads */
         bool cuttable;
+        ks_kv_faults_t faults; /* the wrapper's plan (cuttable only) */
 } tb_t;
+
+/* Cuts broker b off its store, or reconnects it. */
+static void cut_set(tb_t *b, bool cut)
+{
+        __atomic_store_n(&b->faults.down, cut ? 1 : 0, __ATOMIC_SEQ_CST);
+}
+
+static bool is_cut(tb_t *b)
+{
+        return b->cuttable && __atomic_load_n(&b->faults.down, __ATOMIC_SEQ_CST);
+}
 
 static int32_t lease_holder(ks_kv_t *kv, const char *key)
 {
@@ -282,14 +220,16 @@ typedef struct start_opts {
         const ks_clock_t *clock;
 } start_opts_t;
 
-/* Starts broker `id` on `kv` (through a cut_kv_t if opts->cuttable). */
+/* Starts broker `id` on `kv` (through a faulty wrapper if opts->cuttable). */
 static ks_err_t tb_start(tb_t *b, ks_kv_t *kv, int32_t id, const start_opts_t *o)
 {
         memset(b, 0, sizeof(*b));
         b->id = id;
         b->look = kv;
         b->cuttable = o->cuttable;
-        b->kv = o->cuttable ? cut_kv_new(kv) : kv;
+        b->kv = kv;
+        if (o->cuttable && ks_kv_faulty_new(kv, &b->faults, &b->kv) != 0)
+                return KS_ERR__NOMEM;
         char host[32];
         snprintf(host, sizeof(host), "broker-%d.test", id);
         ks_cluster_config_t cfg = { .broker_id = id,
@@ -334,7 +274,7 @@ static bool advance(ks_clock_fake_t *clk, int64_t ms, tb_t **bs, int n)
                 ms -= step;
                 int64_t until = real_ms() + WAIT_MS;
                 for (int i = 0; i < n; i++) {
-                        if (!bs[i]->c || (bs[i]->cuttable && CUT(bs[i]->kv)))
+                        if (!bs[i]->c || is_cut(bs[i]))
                                 continue;
                         for (;;) {
                                 ks_cluster_stats_t st;
@@ -927,7 +867,7 @@ TEST(cluster_expired_lease_is_taken_over_after_ttl_and_fenced)
 
         /* Broker 3 is cut off (paused / partitioned): its keepalives fail. */
         journal_reset();
-        cut_set(c.kv, true);
+        cut_set(&c, true);
         REQUIRE(advance(&f.clock, TTL_MS - STEP_MS, bs, 3));
         /* TTL not yet passed: nothing moves, broker 3 still believes. */
         for (int p = 0; p < parts; p++) {
@@ -965,7 +905,7 @@ TEST(cluster_expired_lease_is_taken_over_after_ttl_and_fenced)
         /* The partition heals: broker 3 registers a new session and gets its
          * share back by clean hand-over. */
         journal_reset();
-        cut_set(c.kv, false);
+        cut_set(&c, false);
         cv = (conv_t){ f.kv, "x", parts, three, 3, bs, 3 };
         CHECK(wait_for(converged, &cv, WAIT_MS));
         ks_cluster_stats_t st;
@@ -1012,6 +952,50 @@ TEST(cluster_killed_broker_is_taken_over_after_ttl)
         CHECK_EQ_INT(journal_count('A', 1, "k", -1), nb);
         CHECK(!ks_cluster_broker_get(a.c, 2, NULL));
         tb_done(&a, false);
+        fx_destroy(&f);
+}
+
+/* A keepalive that finds the session's lease gone (revoked in the store, as
+ * an etcd operator or a compaction of leases would): the broker gives its
+ * partitions up at once, without waiting for the TTL, the others take them
+ * at the next epoch, and the broker comes back with a new session. */
+TEST(cluster_lease_revoked_under_a_live_broker_is_given_up_and_renewed)
+{
+        fx_t f;
+        REQUIRE(fx_init(&f, false));
+        const int32_t parts = 12;
+        make_topic(f.kv, "r", parts);
+        start_opts_t o = { .clock = &f.clock.base }, oc = { .clock = &f.clock.base, .cuttable = true };
+        tb_t a, b;
+        tb_t *bs[] = { &a, &b };
+        REQUIRE_EQ_INT(tb_start(&a, f.kv, 1, &o), 0);
+        REQUIRE_EQ_INT(tb_start(&b, f.kv, 2, &oc), 0);
+        const int32_t two[] = { 1, 2 };
+        conv_t cv = { f.kv, "r", parts, two, 2, bs, 2 };
+        REQUIRE(wait_for(converged, &cv, WAIT_MS));
+        int32_t pb = -1, nb = 0;
+        for (int p = 0; p < parts; p++)
+                if (lease_holder_tp(f.kv, "r", p) == 2) {
+                        nb++;
+                        pb = p;
+                }
+        REQUIRE(nb > 0);
+        int32_t epoch = ps_epoch(f.kv, "r", pb);
+
+        journal_reset();
+        __atomic_store_n(&b.faults.lose_leases, 1, __ATOMIC_SEQ_CST);
+        REQUIRE(advance(&f.clock, STEP_MS, bs, 2)); /* well within the TTL */
+        jwait_t w = { 'L', 2, NULL, -1, nb };
+        CHECK(wait_for(journal_has, &w, WAIT_MS));
+        CHECK_EQ_INT(__atomic_load_n(&b.faults.leases_lost, __ATOMIC_SEQ_CST), 1);
+        CHECK(wait_for(converged, &cv, WAIT_MS));
+        ks_cluster_stats_t st;
+        ks_cluster_get_stats(b.c, &st);
+        CHECK_EQ_INT(st.sessions, 2);
+        CHECK_EQ_INT(journal_count('L', 1, NULL, -1), 0);
+        CHECK(ps_epoch(f.kv, "r", pb) >= epoch + 1);
+        tb_done(&a, false);
+        tb_done(&b, false);
         fx_destroy(&f);
 }
 

@@ -43,6 +43,40 @@ TEST(config_defaults)
         CHECK_EQ_INT(cfg.max_request_bytes, 104857600);
 }
 
+/* A lookup over a NULL-terminated array of "NAME=VALUE" strings. */
+static const char *array_lookup(void *opaque, const char *name)
+{
+        size_t n = strlen(name);
+        for (const char *const *e = opaque; *e; e++)
+                if (!strncmp(*e, name, n) && (*e)[n] == '=')
+                        return *e + n + 1;
+        return NULL;
+}
+
+TEST(config_from_a_lookup_ignores_the_environment)
+{
+        clear_env();
+        setenv("KAFSCALE_BROKER_ID", "not a number", 1);
+        setenv("KAFSCALE_S3_BUCKET", "from-the-environment", 1);
+        static const char *const vars[] = { "KAFSCALE_BROKER_ADDR=127.0.0.1:19092", "KAFSCALE_BROKER_ID=3",
+                                            "KAFSCALE_USE_MEMORY_METADATA=1", "KAFSCALE_S3_BUCKET=bucket-1",
+                                            "KAFSCALE_S3_ACCESS_KEY=a", "KAFSCALE_S3_SECRET_KEY=b",
+                                            "KAFSCALE_FLUSH_INTERVAL_MS=7", NULL };
+        ks_config_t cfg;
+        char err[256] = "";
+        REQUIRE_EQ_INT(ks_config_from(&cfg, array_lookup, (void *)vars, err, sizeof(err)), 0);
+        CHECK_EQ_INT(cfg.broker_id, 3);
+        CHECK_EQ_INT(cfg.listen_port, 19092);
+        CHECK_EQ_INT(cfg.flush_interval_ms, 7);
+        REQUIRE(cfg.s3.bucket != NULL);
+        CHECK_EQ_STR(cfg.s3.bucket, "bucket-1");
+        CHECK_EQ_STR(cfg.s3.access_key, "a");
+        /* The environment's values are what ks_config_from_env reads. */
+        CHECK_EQ_INT(ks_config_from_env(&cfg, err, sizeof(err)), -1);
+        CHECK(strstr(err, "KAFSCALE_BROKER_ID") != NULL);
+        clear_env();
+}
+
 TEST(config_values)
 {
         clear_env();
