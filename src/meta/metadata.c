@@ -1087,17 +1087,22 @@ ks_err_t ks_meta_partition_init(ks_meta_t *m, const char *topic, int32_t partiti
 }
 
 /* Does the store hold next offset `next` and a segment record at seg_key
- * for the same records as `seg` (base, last offset, size, count)? */
-static bool commit_already_applied(ks_meta_t *m, const char *next_key, size_t nlen, const char *next, size_t xlen,
-                                   const char *seg_key, size_t slen, const ks_seg_meta_t *seg)
+ * for the same records as `seg` (base, last offset, size, count)?  0 if so,
+ * KS_ERR__CONFLICT if not, or the store's error if it could not be read. */
+static ks_err_t commit_already_applied(ks_meta_t *m, const char *next_key, size_t nlen, const char *next,
+                                       size_t xlen, const char *seg_key, size_t slen, const ks_seg_meta_t *seg)
 {
         ks_kv_result_t res;
-        if (ks_kv_range(m->kv, next_key, nlen, NULL, 0, &res) != 0)
-                return false;
+        ks_err_t err = ks_kv_range(m->kv, next_key, nlen, NULL, 0, &res);
+        if (err)
+                return err; /* unknown either way: the caller retries */
         bool same_end = res.count == 1 && res.kvs[0].value_len == xlen && !memcmp(res.kvs[0].value, next, xlen);
         ks_kv_result_free(&res);
-        if (!same_end || ks_kv_range(m->kv, seg_key, slen, NULL, 0, &res) != 0)
-                return false;
+        if (!same_end)
+                return KS_ERR__CONFLICT;
+        err = ks_kv_range(m->kv, seg_key, slen, NULL, 0, &res);
+        if (err)
+                return err;
         bool same_seg = false;
         if (res.count == 1) {
                 Kafscale__Metadata__SegmentInfo *si =
@@ -1111,7 +1116,7 @@ static bool commit_already_applied(ks_meta_t *m, const char *next_key, size_t nl
         ks_kv_result_free(&res);
         if (same_seg)
                 ks_log_info("segment_commit_already_applied", "key=%.*s", (int)slen, seg_key);
-        return same_seg;
+        return same_seg ? 0 : KS_ERR__CONFLICT;
 }
 
 /* SegmentInfo.producers for packing: the messages and the pointer arrays
@@ -1225,10 +1230,9 @@ ks_err_t ks_meta_partition_commit(ks_meta_t *m, const char *topic, int32_t parti
         /* An earlier attempt whose outcome was unknown (the store timed out
          * or became unreachable after taking it) may have applied: then the
          * end offset is already ours and the segment record describes this
-         * very segment, and the commit is done. */
-        return commit_already_applied(m, next_key, (size_t)nlen, next, (size_t)xlen, seg_key, (size_t)slen, seg)
-                       ? 0
-                       : KS_ERR__CONFLICT;
+         * very segment, and the commit is done.  If that cannot be read
+         * now, the store's error (retriable), not a conflict. */
+        return commit_already_applied(m, next_key, (size_t)nlen, next, (size_t)xlen, seg_key, (size_t)slen, seg);
 }
 
 /* ------------------------------------------------------------------------ */

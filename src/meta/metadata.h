@@ -237,7 +237,8 @@ ks_err_t ks_meta_partition_init(ks_meta_t *meta, const char *topic, int32_t part
  * moved the end offset (this broker must stop writing the partition).  A
  * retry of a commit that already applied (its earlier attempt's outcome was
  * unknown) succeeds: the end offset and the segment record are this
- * segment's.  `fence` (may be NULL): one more compare the transaction must
+ * segment's; if the store cannot be read to tell, its error is returned
+ * (retriable), never KS_ERR__CONFLICT.  `fence` (may be NULL): one more compare the transaction must
  * pass (cluster mode: this broker still holds the partition's ownership
  * lease); when it fails the commit is KS_ERR__CONFLICT too.  BLOCKING. */
 ks_err_t ks_meta_partition_commit(ks_meta_t *meta, const char *topic, int32_t partition, int64_t expect_next,

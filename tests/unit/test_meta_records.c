@@ -16,6 +16,7 @@
 #include <json-c/json.h>
 
 #include "kafscale_metadata.pb-c.h"
+#include "meta/kv_faulty.h"
 #include "meta/metadata.h"
 #include "test.h"
 #include "util/log.h"
@@ -206,6 +207,41 @@ TEST(meta_commit_retried_after_unknown_outcome)
         ks_partition_meta_free(&pm);
         ks_meta_close(m);
         ks_kv_destroy(kv);
+        ks_log_set_level(saved);
+}
+
+/* A commit whose outcome was unknown, retried while the store cannot be
+ * read: the store's error (retriable), not a conflict that would make the
+ * partition stop serving; once it can be read, the retry succeeds. */
+TEST(meta_commit_retry_unreadable_store_is_not_a_conflict)
+{
+        ks_log_level_t saved = ks_log_level;
+        ks_log_set_level(KS_LOG_ERROR);
+        ks_kv_t *inner = NULL, *kv = NULL;
+        ks_meta_t *m = NULL;
+        ks_kv_faults_t f = { .seed = 1 };
+        REQUIRE_EQ_INT(ks_kv_memory_new(NULL, &inner), 0);
+        REQUIRE_EQ_INT(ks_kv_faulty_new(inner, &f, &kv), 0);
+        REQUIRE_EQ_INT(ks_meta_open(kv, &m), 0);
+        ks_topic_t t = topic_named("u", 1);
+        REQUIRE_EQ_INT(ks_meta_topic_create(m, &t), 0);
+
+        ks_seg_meta_t seg = { .base_offset = 0, .last_offset = 9, .size_bytes = 512, .record_count = 10,
+                              .created_at_ms = 1767225600000LL };
+        __atomic_store_n(&f.unknown_next[KS_KV_FAULT_TXN], 1, __ATOMIC_SEQ_CST);
+        CHECK_EQ_INT(ks_meta_partition_commit(m, "u", 0, 0, &seg, NULL), KS_ERR__UNAVAILABLE);
+        __atomic_store_n(&f.fail_next[KS_KV_FAULT_RANGE], 1, __ATOMIC_SEQ_CST);
+        CHECK_EQ_INT(ks_meta_partition_commit(m, "u", 0, 0, &seg, NULL), KS_ERR__UNAVAILABLE);
+        CHECK_EQ_INT(ks_meta_partition_commit(m, "u", 0, 0, &seg, NULL), 0);
+
+        ks_partition_meta_t pm;
+        REQUIRE_EQ_INT(ks_meta_partition_load(m, "u", 0, &pm), 0);
+        CHECK_EQ_INT(pm.next_offset, 10);
+        CHECK_EQ_INT(pm.nsegs, 1);
+        ks_partition_meta_free(&pm);
+        ks_meta_close(m);
+        ks_kv_destroy(kv);
+        ks_kv_destroy(inner);
         ks_log_set_level(saved);
 }
 
