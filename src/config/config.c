@@ -82,8 +82,9 @@ static const var_t vars[] = {
         { "KAFSCALE_CONNECTION_IDLE_MS", "600000", T_INT, 100, INT64_MAX / 2,
           "Close connections idle for this long" },
         { "KAFSCALE_MAX_CONNECTIONS", "10000", T_INT, 1, 1000000, "Maximum open client connections" },
-        { "KAFSCALE_MAX_INFLIGHT_PER_CONNECTION", "1024", T_INT, 1, 4096,
-          "Requests read ahead from one connection before its responses are written" },
+        { "KAFSCALE_MAX_INFLIGHT_PER_CONNECTION", "64", T_INT, 1, 4096,
+          "Requests other than Produce read ahead from one connection before their responses are written "
+          "(Produce: up to 1024, within KAFSCALE_PRODUCE_BUFFER_BYTES)" },
 };
 
 #define N_VARS (sizeof(vars) / sizeof(vars[0]))

@@ -41,6 +41,7 @@ enum { REQ_HANDLING = 0, REQ_DONE = 1, REQ_DONE_CLOSE = 2, REQ_DONE_SILENT = 3 }
 #define MIN_FRAME_BYTES 8           /* api key + version + correlation id */
 #define ACCEPT_PAUSE_MS 100         /* pause after accept() fails for lack of resources */
 #define BUDGET_RECHECK_MS 5         /* connections paused for the produce budget look again */
+#define PRODUCE_INFLIGHT_MAX 1024   /* Produce requests in flight per connection */
 
 struct ks_conn {
         ks_server_t *srv;
@@ -54,6 +55,8 @@ struct ks_conn {
 
         ks_req_t *head, *tail; /* every request not yet fully written, in order */
         int inflight;          /* requests in the list */
+        int produce_inflight;  /* of which Produce requests */
+        bool held;             /* a complete frame waits for room in flight */
         int outstanding;       /* requests held by handlers */
         size_t pending_out;    /* bytes of encoded responses not yet written */
 
@@ -158,6 +161,15 @@ static void req_free(ks_req_t *req)
         free(req);
 }
 
+/* `req` leaves the connection's in-flight list: room for a held frame. */
+static void conn_req_gone(ks_conn_t *c, const ks_req_t *req)
+{
+        c->inflight--;
+        if (req->produce_held)
+                c->produce_inflight--;
+        c->held = false;
+}
+
 static void conn_unlink_req(ks_conn_t *c, ks_req_t *req)
 {
         ks_req_t **pp = &c->head, *prev = NULL;
@@ -170,7 +182,7 @@ static void conn_unlink_req(ks_conn_t *c, ks_req_t *req)
         *pp = req->next;
         if (c->tail == req)
                 c->tail = prev;
-        c->inflight--;
+        conn_req_gone(c, req);
 }
 
 /* Runs on the connection's loop: the handler is done with `req`. */
@@ -304,12 +316,22 @@ static void conn_close(ks_conn_t *c, const char *reason)
 }
 
 /* May the connection take another request?  Bounded by the requests it
- * has in flight (answered or not, until written) and the bytes of answers
- * waiting to be written: a client that does not read cannot grow memory. */
+ * has in flight (answered or not, until written: max_inflight_per_conn of
+ * other kinds, PRODUCE_INFLIGHT_MAX Produce requests — those wait for
+ * their flush side by side and the produce budget bounds their memory; a
+ * frame that finds no room is `held`) and the bytes of answers waiting to
+ * be written: a client that does not read cannot grow memory. */
 static bool conn_can_accept(const ks_conn_t *c)
 {
-        return c->inflight < c->srv->cfg->max_inflight_per_conn && c->pending_out < MAX_PENDING_OUT &&
-               !(c->producer && budget_reached(c->srv));
+        return !c->held && c->pending_out < MAX_PENDING_OUT && !(c->producer && budget_reached(c->srv));
+}
+
+/* Room in flight for a frame of this kind? */
+static bool conn_has_room(const ks_conn_t *c, bool produce)
+{
+        if (produce)
+                return c->produce_inflight < PRODUCE_INFLIGHT_MAX;
+        return c->inflight - c->produce_inflight < c->srv->cfg->max_inflight_per_conn;
 }
 
 static io_thread_t *conn_thread(const ks_conn_t *c)
@@ -377,7 +399,7 @@ static void conn_pop_head(ks_conn_t *c)
         c->head = r->next;
         if (!c->head)
                 c->tail = NULL;
-        c->inflight--;
+        conn_req_gone(c, r);
         req_free(r);
 }
 
@@ -495,6 +517,7 @@ static void conn_start_request(ks_conn_t *c, uint8_t *frame, size_t frame_len)
         if (hdr.RequestApiKey == KS_API_PRODUCE) {
                 req->produce_held = frame_len;
                 produce_held_add(c->srv, (int64_t)frame_len);
+                c->produce_inflight++;
         }
         req->body = body + body_off;
         req->body_len = len - body_off;
@@ -561,12 +584,17 @@ static int conn_process_frames(ks_conn_t *c)
                         }
                         return 0;
                 }
-                if (total >= 6 && p[4] == 0 && p[5] == KS_API_PRODUCE) {
+                bool produce = total >= 6 && p[4] == 0 && p[5] == KS_API_PRODUCE;
+                if (produce) {
                         /* From now on the produce budget applies to this
                          * connection; at the budget the frame waits here. */
                         c->producer = true;
                         if (!conn_can_accept(c))
                                 break;
+                }
+                if (!conn_has_room(c, produce)) {
+                        c->held = true; /* until a request in flight is written */
+                        break;
                 }
                 uint8_t *frame;
                 if (off == 0 && c->rlen == total && total > STAGE_BYTES / 4) {

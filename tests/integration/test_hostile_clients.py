@@ -991,16 +991,38 @@ def test_close_with_parked_requests_does_not_spin(broker):
                                                "KAFSCALE_FLUSH_INTERVAL_MS": "20"}],
                          ids=["inflight-4"])
 def test_pipelined_beyond_the_inflight_cap_are_all_answered(broker):
-    """A producer pipelines 40 acks=all Produce requests in one write, ten
-    times the per-connection cap of 4, and then only waits for answers (it
-    sends nothing more). The broker takes 4, stops, and must take the rest
-    from its buffer as answers free room, pass after pass: all 40 are
-    answered in order within 10 s (the group commit interval is 20 ms), and
-    the offsets are contiguous."""
+    """A consumer pipelines 40 long-polling Fetch requests (MaxWaitMs 100,
+    nothing to read) in one write, ten times the per-connection cap of 4,
+    and then only waits for answers. The broker takes 4, stops, and must take
+    the rest from its buffer as answers free room, pass after pass: all 40
+    are answered, in order, no sooner than ten rounds of 4 parked fetches
+    allow and within 10 s. Then a producer pipelines 40 acks=all Produce
+    requests: Produce has its own, larger cap (they wait for their flushes
+    side by side), so all 40 are answered in order with contiguous offsets."""
     topic = "pipelined"
     with kw.Conn(broker.host, broker.port, timeout=10.0) as c:
         raw.create_topic(c, topic)
     n = 40
+    s = kw.connect(broker.host, broker.port)
+    try:
+        body = raw.fetch_body(12, [(topic, 0, 0, 1 << 20)], max_wait_ms=100, min_bytes=1)
+        kw.send_all(s, b"".join(req_frame(kw.FETCH, 12, i + 1, body, client_id="pipeliner")
+                                for i in range(n)))
+        t0 = time.monotonic()
+        for i in range(n):
+            left = 10.0 - (time.monotonic() - t0)
+            assert left > 0, "only %d of %d pipelined fetch requests answered in 10 s" % (i, n)
+            try:
+                r = kw.Reader(kw.recv_frame(s, timeout=left))
+            except socket.timeout:
+                pytest.fail("only %d of %d pipelined fetch requests answered in 10 s" % (i, n))
+            assert r.int32() == i + 1
+        took = time.monotonic() - t0
+        # 4 at a time, each parked 100 ms: at least ~10 rounds.
+        assert took >= 0.9, "40 parked fetches answered in %.2f s: more than 4 were taken at once" % took
+        print("%d pipelined fetch requests answered in %.2f s" % (n, took))
+    finally:
+        s.close()
     s = kw.connect(broker.host, broker.port)
     try:
         frames = []
