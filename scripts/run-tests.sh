@@ -86,7 +86,7 @@ CLUSTER_MODULES=(
   test_groups.py test_ops_groups_raw.py
   test_ops_configs.py test_ops_example.py test_offset_for_leader_epoch.py
   test_rdkafka_admin.py test_topics_clients.py
-  test_durability.py test_idempotence.py
+  test_durability.py test_idempotence.py test_retention.py
   test_cluster_etcd.py test_cluster_failover.py test_cluster_groups.py
 )
 

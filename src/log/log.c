@@ -2254,6 +2254,66 @@ static void enforce_partition(ks_log_t *log, ks_partition_t *p)
                     p->index, n, (long long)start);
 }
 
+/* Deletes the partition's orphan objects: segment objects (.kfs, .index)
+ * below the committed end offset that the manifest does not name — the
+ * upload of a flush whose commit then failed (fenced, or the broker died
+ * between the two), or an object whose deletion by retention failed.  Such
+ * a key can never be committed any more: commits are in offset order and
+ * the end offset only grows; objects at or above it (uploads in progress)
+ * are left alone.  Only the partition's owner sweeps; keys that are not
+ * segment keys are never touched.  BLOCKING. */
+static void sweep_orphans(ks_log_t *log, ks_partition_t *p)
+{
+        pthread_mutex_lock(&p->lock);
+        bool mine = p->serving && !p->dropped;
+        int64_t hwm = p->hwm;
+        int n = p->nsegs;
+        int64_t *bases = mine ? malloc((size_t)(n ? n : 1) * sizeof(*bases)) : NULL;
+        int32_t *epochs = mine ? malloc((size_t)(n ? n : 1) * sizeof(*epochs)) : NULL;
+        for (int i = 0; bases && epochs && i < n; i++) {
+                bases[i] = p->segs[i].m.base_offset;
+                epochs[i] = p->segs[i].m.leader_epoch;
+        }
+        pthread_mutex_unlock(&p->lock);
+        char prefix[512];
+        int pl = snprintf(prefix, sizeof(prefix), "%s/%s/%d/", log->ns, p->topic, p->index);
+        ks_objlist_t l = { 0 };
+        if (!bases || !epochs || pl < 0 || (size_t)pl >= sizeof(prefix) ||
+            ks_objstore_list(log->store, prefix, &l) != 0) {
+                free(bases);
+                free(epochs);
+                return;
+        }
+        int deleted = 0, failed = 0;
+        for (size_t k = 0; k < l.count; k++) {
+                int64_t base;
+                int32_t epoch;
+                const char *key = l.items[k].key;
+                if (strchr(key + pl, '/') || ks_segment_key_parse(key, &base, &epoch, NULL) != 0 || base >= hwm)
+                        continue; /* not a segment of this partition, or maybe in flight */
+                int lo = 0, hi = n; /* the manifest entry at `base`, if any */
+                while (lo < hi) {
+                        int mid = lo + (hi - lo) / 2;
+                        if (bases[mid] < base)
+                                lo = mid + 1;
+                        else
+                                hi = mid;
+                }
+                if (lo < n && bases[lo] == base && epochs[lo] == epoch)
+                        continue; /* committed */
+                if (ks_objstore_del(log->store, l.items[k].key) == 0)
+                        deleted++;
+                else
+                        failed++;
+        }
+        if (deleted || failed)
+                ks_log_info("orphan_objects_deleted", "topic=%s partition=%d objects=%d failed=%d committed_end=%lld",
+                            p->topic, p->index, deleted, failed, (long long)hwm);
+        ks_objlist_free(&l);
+        free(bases);
+        free(epochs);
+}
+
 void ks_log_enforce_retention(ks_log_t *log)
 {
         /* Take references under the topics lock, work without it. */
@@ -2271,6 +2331,7 @@ void ks_log_enforce_retention(ks_log_t *log)
         pthread_rwlock_unlock(&log->topics_lock);
         for (int i = 0; i < n; i++) {
                 enforce_partition(log, ps[i]);
+                sweep_orphans(log, ps[i]);
                 ks_partition_release(ps[i]);
         }
         free(ps);

@@ -91,8 +91,11 @@ void ks_log_topic_configure(ks_log_t *log, const ks_topic_t *t);
  * record is older than retention.ms, and the oldest segments while the
  * partition is larger than retention.bytes without them, are removed from
  * the manifest (the log start offset moves to the first remaining segment,
- * or the high watermark) and then from the object store.  The log also does
- * this every retention_check_ms on its own.  BLOCKING. */
+ * or the high watermark) and then from the object store.  The same pass
+ * deletes, for the partitions served here, orphan segment objects: below
+ * the committed end offset and not in the manifest (uploads whose commit
+ * failed, deletions that failed).  The log also does this every
+ * retention_check_ms on its own.  BLOCKING. */
 void ks_log_enforce_retention(ks_log_t *log);
 
 /* The incarnation (topic id) and partition count the log has open for

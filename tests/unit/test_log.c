@@ -248,6 +248,54 @@ TEST(log_retention_deletes_oldest_segments)
         fixture_destroy(&f);
 }
 
+static bool has_object(ks_objstore_t *s, const char *key)
+{
+        ks_objbuf_t b = { 0 };
+        ks_err_t err = ks_objstore_get(s, key, 0, -1, &b);
+        ks_objbuf_free(&b);
+        return err == 0;
+}
+
+TEST(log_retention_pass_deletes_orphan_objects)
+{
+        fixture_t f;
+        REQUIRE(fixture_init(&f, 64 << 20));
+        acks_t a = { 0, 0 };
+        int64_t base;
+        for (int i = 0; i < 3; i++) { /* segments at 0, 10, 20; committed end 30 */
+                REQUIRE_EQ_INT(append(&f, 0, 10, &a, &base), 0);
+                REQUIRE(wait_acks(&a, i + 1));
+        }
+        /* Orphans: an upload at another epoch whose commit failed, below the
+         * end offset, and a .index whose deletion failed.  Not orphans: an
+         * object at the end offset (an upload may be in flight), keys that
+         * are not segments, a nested key. */
+        const char *orphans[] = { "default/t/0/segment-00000000000000000010-e3.kfs",
+                                  "default/t/0/segment-00000000000000000005.index" };
+        const char *kept[] = { "default/t/0/segment-00000000000000000030-e3.kfs", "default/t/0/notes.txt",
+                               "default/t/0/x/segment-00000000000000000001.kfs",
+                               "default/t/1/segment-00000000000000000001.kfs" };
+        struct iovec v = { (void *)"x", 1 };
+        for (size_t i = 0; i < 2; i++)
+                REQUIRE_EQ_INT(ks_objstore_put(f.inner, orphans[i], &v, 1), 0);
+        for (size_t i = 0; i < 4; i++)
+                REQUIRE_EQ_INT(ks_objstore_put(f.inner, kept[i], &v, 1), 0);
+        ks_log_enforce_retention(f.log); /* no retention configured: only the sweep */
+        for (size_t i = 0; i < 2; i++)
+                CHECK(!has_object(f.inner, orphans[i]));
+        for (size_t i = 0; i < 4; i++)
+                CHECK(has_object(f.inner, kept[i]));
+        /* The committed segments are untouched and readable. */
+        for (int64_t b = 0; b < 30; b += 10) {
+                char key[256];
+                ks_segment_key(key, sizeof(key), "default", "t", 0, b, KS_SEGMENT_EXT_KFS);
+                CHECK(has_object(f.inner, key));
+                ks_segment_key(key, sizeof(key), "default", "t", 0, b, KS_SEGMENT_EXT_INDEX);
+                CHECK(has_object(f.inner, key));
+        }
+        fixture_destroy(&f);
+}
+
 TEST(log_segments_stay_near_target_while_uploads_are_slow)
 {
         fixture_t f;
