@@ -2196,7 +2196,8 @@ static void enforce_partition(ks_log_t *log, ks_partition_t *p)
         int64_t total = 0;
         for (int i = 0; i < p->nsegs; i++)
                 total += p->segs[i].m.size_bytes;
-        for (int i = 0; i < p->nsegs && n < 64 && !p->dropped; i++) {
+        /* Only the owner: another broker's view of the manifest may be old. */
+        for (int i = 0; i < p->nsegs && n < 64 && !p->dropped && p->serving; i++) {
                 const ks_seg_meta_t *m = &p->segs[i].m;
                 int64_t newest = m->max_timestamp >= 0 ? m->max_timestamp : m->created_at_ms;
                 bool by_time = p->retention_ms >= 0 && wall - newest > p->retention_ms;

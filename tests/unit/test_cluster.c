@@ -582,6 +582,29 @@ TEST(cluster_duplicate_live_broker_id_is_refused)
         fx_destroy(&f);
 }
 
+typedef struct jwait {
+        char type;
+        int32_t broker;
+        const char *name;
+        int32_t partition;
+        int count;
+} jwait_t;
+
+static bool journal_has(void *arg)
+{
+        jwait_t *w = arg;
+        return journal_count(w->type, w->broker, w->name, w->partition) >= w->count;
+}
+
+/* journal_count once it reaches n (a hook runs just after the store shows
+ * what it reports), or after WAIT_MS whatever it is. */
+static int journal_await(char type, int32_t broker, const char *name, int32_t partition, int n)
+{
+        jwait_t w = { type, broker, name, partition, n };
+        wait_for(journal_has, &w, WAIT_MS);
+        return journal_count(type, broker, name, partition);
+}
+
 TEST(cluster_exclusive_store_revokes_a_previous_runs_lease)
 {
         fx_t f;
@@ -608,7 +631,7 @@ TEST(cluster_exclusive_store_revokes_a_previous_runs_lease)
         CHECK(wait_for(converged, &cv, WAIT_MS));
         for (int p = 0; p < 4; p++) {
                 CHECK_EQ_INT(ps_epoch(f.kv, "ex", p), 2);
-                CHECK_EQ_INT(journal_count('A', 1, "ex", p), 1);
+                CHECK_EQ_INT(journal_await('A', 1, "ex", p, 1), 1);
         }
         tb_done(&a, false);
         fx_destroy(&f);
@@ -622,20 +645,6 @@ static void put_next_offset(ks_kv_t *kv, const char *topic, int32_t p, int64_t n
         snprintf(key, sizeof(key), "/kafscale/topics/%s/partitions/%d/next_offset", topic, p);
         snprintf(val, sizeof(val), "%lld", (long long)next);
         CHECK_EQ_INT(ks_kv_put(kv, key, strlen(key), val, strlen(val), 0, NULL), 0);
-}
-
-typedef struct jwait {
-        char type;
-        int32_t broker;
-        const char *name;
-        int32_t partition;
-        int count;
-} jwait_t;
-
-static bool journal_has(void *arg)
-{
-        jwait_t *w = arg;
-        return journal_count(w->type, w->broker, w->name, w->partition) >= w->count;
 }
 
 TEST(cluster_acquisition_bumps_epoch_and_extends_history)
@@ -671,7 +680,7 @@ TEST(cluster_acquisition_bumps_epoch_and_extends_history)
         /* Clean stop: released, then broker 2 takes it at epoch 2 from the
          * same offset (epoch 1 wrote nothing: Kafka drops such an entry). */
         tb_done(&a, false);
-        CHECK_EQ_INT(journal_count('R', 1, "ep", 0), 1);
+        CHECK_EQ_INT(journal_await('R', 1, "ep", 0, 1), 1);
         REQUIRE_EQ_INT(tb_start(&b, f.kv, 2, &o), 0);
         w = (jwait_t){ 'A', 2, "ep", 0, 1 };
         REQUIRE(wait_for(journal_has, &w, WAIT_MS));
@@ -733,7 +742,7 @@ static void join_scenario(bool sqlite)
                 before[p] = lease_holder_tp(f.kv, "j", p);
                 epoch0[p] = ps_epoch(f.kv, "j", p);
                 CHECK(epoch0[p] >= 1 && epoch0[p] <= 2);
-                CHECK_EQ_INT(journal_count('A', -1, "j", p), epoch0[p]);
+                CHECK_EQ_INT(journal_await('A', -1, "j", p, epoch0[p]), epoch0[p]);
         }
 
         /* A third broker joins: its share is handed over cleanly, without
@@ -787,7 +796,7 @@ static void join_scenario(bool sqlite)
         for (int p = 0; p < parts; p++)
                 owned_by_c += lease_holder_tp(f.kv, "j", p) == 3;
         tb_done(&c, false);
-        CHECK_EQ_INT(journal_count('R', 3, "j", -1), owned_by_c);
+        CHECK_EQ_INT(journal_await('R', 3, "j", -1, owned_by_c), owned_by_c);
         cv = (conv_t){ f.kv, "j", parts, two, 2, bs, 2 };
         CHECK(wait_for(converged, &cv, WAIT_MS));
         CHECK_EQ_INT(journal_count('L', -1, NULL, -1), 0);
@@ -891,7 +900,7 @@ TEST(cluster_expired_lease_is_taken_over_after_ttl_and_fenced)
         CHECK(!ks_cluster_owns_group(c.c, grp));
         cv = (conv_t){ f.kv, "x", parts, two, 2, bs, 2 };
         CHECK(wait_for(converged, &cv, WAIT_MS));
-        CHECK_EQ_INT(journal_count('A', -1, NULL, -1), nc);
+        CHECK_EQ_INT(journal_await('A', -1, NULL, -1, nc), nc);
         CHECK_EQ_INT(journal_count('R', -1, NULL, -1), 0);
         CHECK_EQ_INT(ps_epoch(f.kv, "x", pc), epoch + 1);
 
@@ -911,8 +920,8 @@ TEST(cluster_expired_lease_is_taken_over_after_ttl_and_fenced)
         ks_cluster_stats_t st;
         ks_cluster_get_stats(c.c, &st);
         CHECK_EQ_INT(st.sessions, 2);
-        CHECK_EQ_INT(journal_count('R', -1, NULL, -1), nc);
-        CHECK_EQ_INT(journal_count('A', 3, NULL, -1), nc);
+        CHECK_EQ_INT(journal_await('R', -1, NULL, -1, nc), nc);
+        CHECK_EQ_INT(journal_await('A', 3, NULL, -1, nc), nc);
         CHECK_EQ_INT(journal_count('L', -1, NULL, -1), 0);
         CHECK_EQ_INT(ps_epoch(f.kv, "x", pc), epoch + 2);
 
@@ -949,7 +958,7 @@ TEST(cluster_killed_broker_is_taken_over_after_ttl)
         REQUIRE(advance(&f.clock, 1, bs, 2));
         cv = (conv_t){ f.kv, "k", parts, one, 1, bs, 1 };
         CHECK(wait_for(converged, &cv, WAIT_MS));
-        CHECK_EQ_INT(journal_count('A', 1, "k", -1), nb);
+        CHECK_EQ_INT(journal_await('A', 1, "k", -1, nb), nb);
         CHECK(!ks_cluster_broker_get(a.c, 2, NULL));
         tb_done(&a, false);
         fx_destroy(&f);
@@ -1028,7 +1037,7 @@ TEST(cluster_follows_topics_deleted_recreated_and_grown)
         cv = (conv_t){ f.kv, "d", 2, one, 1, bs, 1 };
         CHECK(wait_for(converged, &cv, WAIT_MS));
         CHECK_EQ_INT(ps_epoch(f.kv, "d", 0), 1); /* a new incarnation starts over */
-        CHECK_EQ_INT(journal_count('A', 1, "d", -1), 2);
+        CHECK_EQ_INT(journal_await('A', 1, "d", -1, 2), 2);
 
         /* Grown elsewhere: the new partitions are acquired too. */
         REQUIRE_EQ_INT(ks_meta_open(f.kv, &m), 0);
@@ -1038,7 +1047,7 @@ TEST(cluster_follows_topics_deleted_recreated_and_grown)
         ks_meta_close(m);
         cv = (conv_t){ f.kv, "d", 5, one, 1, bs, 1 };
         CHECK(wait_for(converged, &cv, WAIT_MS));
-        CHECK_EQ_INT(journal_count('A', 1, "d", -1), 5);
+        CHECK_EQ_INT(journal_await('A', 1, "d", -1, 5), 5);
         tb_done(&a, false);
         fx_destroy(&f);
 }
@@ -1076,7 +1085,7 @@ TEST(cluster_groups_are_acquired_on_demand_and_move_on_join)
                 CHECK_EQ_INT(ks_cluster_acquire_group(mine->c, g[i]), 0);
                 CHECK(ks_cluster_owns_group(mine->c, g[i]));
                 CHECK_EQ_INT(ks_cluster_acquire_group(mine->c, g[i]), 0); /* idempotent */
-                CHECK_EQ_INT(journal_count('a', coord[i], g[i], -1), 1);
+                CHECK_EQ_INT(journal_await('a', coord[i], g[i], -1, 1), 1);
                 char lk[64];
                 snprintf(lk, sizeof(lk), KS_CLUSTER_GROUP_LEASES_PREFIX "%.15s", g[i]);
                 CHECK_EQ_INT(lease_holder(f.kv, lk), coord[i]);
@@ -1113,7 +1122,7 @@ TEST(cluster_groups_are_acquired_on_demand_and_move_on_join)
                 CHECK(ks_cluster_owns_group(c.c, g[i]));
         }
         CHECK(moved > 0);
-        CHECK_EQ_INT(journal_count('r', -1, NULL, -1), moved);
+        CHECK_EQ_INT(journal_await('r', -1, NULL, -1, moved), moved);
         CHECK_EQ_INT(journal_count('l', -1, NULL, -1), 0);
 
         /* Kill the coordinator of some group: after the TTL it is lost
@@ -1212,7 +1221,7 @@ TEST(cluster_etcd_hand_over_and_failover)
         int64_t took = real_ms() - killed_at;
         CHECK(took >= 2000 - 2000 / 3 - 100);
         CHECK(took <= 6000);
-        CHECK_EQ_INT(journal_count('A', -1, "ef", -1), nc);
+        CHECK_EQ_INT(journal_await('A', -1, "ef", -1, nc), nc);
         CHECK(!txn_with(kvs[0], &zombie));
         CHECK_EQ_INT(ps_epoch(kvs[0], "ef", pc), epoch + 1);
         if (ks_test_failed() || getenv("KS_TEST_TIMINGS"))
