@@ -224,11 +224,18 @@ static void describe_groups_answer(ks_broker_t *b, ks_req_t *req, bool route)
         }
         bool ops = req->hdr.RequestApiVersion >= 3 && rq->IncludeAuthorizedOperations;
         for (int32_t i = 0; i < n; i++) {
-                int16_t err = route ? ks_group_route_blocking(b, rq->Groups.items[i]) : 0;
-                if (err)
+                bool absent = false;
+                int16_t err = route ? ks_group_route_lookup(b, rq->Groups.items[i], &absent) : 0;
+                if (err) {
                         describe_error(&ds[i], rq->Groups.items[i], err);
-                else
+                } else if (absent) {
+                        describe_error(&ds[i], rq->Groups.items[i], 0); /* unknown: Dead, as Kafka answers */
+                        ds[i].GroupState = KS_STR("Dead");
+                        if (ops)
+                                ds[i].AuthorizedOperations = KS_GROUP_AUTHORIZED_OPS;
+                } else {
                         ks_groups_describe(b->groups, rq->Groups.items[i], ops, &req->arena, &ds[i]);
+                }
         }
         resp->Groups.items = ds;
         resp->Groups.count = n;
@@ -259,9 +266,12 @@ static int16_t delete_store_error(ks_err_t e)
  * in cluster mode); topic data stays untouched.  Returns the error code. */
 static int16_t delete_group(ks_broker_t *b, ks_str_t id)
 {
-        int16_t err = ks_group_route_blocking(b, id);
+        bool absent = false;
+        int16_t err = ks_group_route_lookup(b, id, &absent);
         if (err)
                 return err;
+        if (absent)
+                return KS_ERR_GROUP_ID_NOT_FOUND;
         bool known;
         err = ks_err_to_wire(ks_groups_delete_begin(b->groups, id, &known));
         if (err)

@@ -60,6 +60,15 @@ int ks_group_route(ks_broker_t *b, ks_str_t group);
  * in time — the client retries).  BLOCKING: workers only. */
 int16_t ks_group_route_blocking(ks_broker_t *b, ks_str_t group);
 
+/* For requests that only look a group up (DescribeGroups, OffsetFetch,
+ * DeleteGroups): as ks_group_route_blocking(), except that a group placed
+ * here that this broker does not hold and that does not exist in the store
+ * (no group record, no committed offset) is not acquired: 0 with *absent
+ * set, and the handler answers as for an unknown group — so looking up
+ * groups that do not exist leaves no lease keys behind.  BLOCKING: workers
+ * only. */
+int16_t ks_group_route_lookup(ks_broker_t *b, ks_str_t group, bool *absent);
+
 /* The fence of one write of group state.  Filled by ks_group_fence(). */
 typedef struct ks_group_fence {
         char key[KS_GROUPS_FENCE_KEY_MAX];

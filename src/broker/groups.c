@@ -15,6 +15,7 @@
  * coordinator's handlers may run on either (group/group.h).  The hooks run
  * on the cluster module's `ks-cluster` thread and may block.
  */
+#include <stdlib.h>
 #include <string.h>
 
 #include "broker/group_route.h"
@@ -91,6 +92,34 @@ int16_t ks_group_route_blocking(ks_broker_t *b, ks_str_t group)
                 ks_log_debug("group_acquire_failed", "group=\"%s\" err=%s", name, ks_err_name(err));
                 return KS_ERR_COORDINATOR_NOT_AVAILABLE;
         }
+}
+
+/* Does the store know the group (a group record or a committed offset)?
+ * True when it cannot tell: the caller then takes the usual path. */
+static bool group_stored(ks_broker_t *b, const char *group)
+{
+        uint8_t *buf = NULL;
+        size_t len = 0;
+        ks_err_t err = ks_meta_group_get(b->meta, group, &buf, &len);
+        free(buf);
+        if (err != KS_ERR__NOT_FOUND)
+                return true;
+        return ks_offsets_group_has_any(b->kv, group);
+}
+
+int16_t ks_group_route_lookup(ks_broker_t *b, ks_str_t group, bool *absent)
+{
+        *absent = false;
+        if (ks_group_route(b, group) == KS_GROUP_ROUTE_ACQUIRE) {
+                ks_cluster_t *c = ks_group_cluster(b);
+                char name[KS_GROUP_ID_MAX + 1];
+                group_cstr(group, name);
+                if (c && !ks_cluster_owns_group(c, name) && !group_stored(b, name)) {
+                        *absent = true;
+                        return 0;
+                }
+        }
+        return ks_group_route_blocking(b, group);
 }
 
 int16_t ks_group_fence(ks_broker_t *b, const char *group, ks_group_fence_t *f)

@@ -354,7 +354,8 @@ static bool fetch_group(ks_broker_t *b, ks_req_t *req, int16_t v, ks_str_t group
         memset(out, 0, sizeof(*out));
         if (group_id_invalid(group_id))
                 return group_error(req, v, topics, ntopics, KS_ERR_INVALID_GROUP_ID, out);
-        int16_t route = ks_group_route_blocking(b, group_id);
+        bool absent = false; /* then nothing is committed: the read finds nothing */
+        int16_t route = ks_group_route_lookup(b, group_id, &absent);
         if (route)
                 return group_error(req, v, topics, ntopics, route, out);
         char group[KS_GROUP_ID_MAX + 1];

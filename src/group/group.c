@@ -1660,8 +1660,6 @@ void ks_groups_close(ks_groups_t *g)
 /* ------------------------------------------------------------------------ */
 /* Ops APIs                                                                  */
 
-/* Kafka's AclOperation bits allowed on a group (no authorizer). */
-#define GROUP_OPS ((1 << 3) | (1 << 6) | (1 << 8))
 
 static int summary_cmp(const void *a, const void *b)
 {
@@ -1739,7 +1737,7 @@ void ks_groups_describe(ks_groups_t *g, ks_str_t group, bool include_ops, ks_are
                 return;
         }
         if (include_ops)
-                d->AuthorizedOperations = GROUP_OPS;
+                d->AuthorizedOperations = KS_GROUP_AUTHORIZED_OPS;
         group_t *gr = group_find(g, group);
         if (!gr) {
                 pthread_mutex_unlock(&g->lock);

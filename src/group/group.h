@@ -147,6 +147,10 @@ typedef struct ks_group_summary {
 int ks_groups_list(ks_groups_t *g, ks_group_summary_t **out);
 void ks_group_summaries_free(ks_group_summary_t *s, int n);
 
+/* Kafka's AclOperation bits allowed on a group (no authorizer): READ,
+ * DESCRIBE, DELETE. */
+#define KS_GROUP_AUTHORIZED_OPS ((1 << 3) | (1 << 6) | (1 << 8))
+
 /* Fills a DescribeGroups entry (ks_DescribeGroupsResponse_DescribedGroup)
  * for `group`, copying what it needs into `arena`.  An unknown group is
  * described as Kafka does: state "Dead", no members, error 0; a group not

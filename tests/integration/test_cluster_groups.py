@@ -44,6 +44,7 @@ CLIENT_TIMEOUT_S = 20.0
 
 NONE = 0
 NOT_COORDINATOR = 16
+GROUP_ID_NOT_FOUND = 69
 MEMBER_ID_REQUIRED = 79
 
 OFFSET_COMMIT, OFFSET_FETCH, FIND_COORDINATOR = 8, 9, 10
@@ -343,6 +344,37 @@ def test_group_requests_to_a_non_coordinator_get_not_coordinator(cluster):
                 assert err == NONE and group not in [x[0] for x in listed], listed
     # The lease key names the coordinator.
     assert cluster.etcd.get("/kafscale/group-leases/" + group) == str(IDS[cluster.brokers.index(coord)]).encode()
+
+
+def test_lookups_of_unknown_groups_acquire_nothing(cluster):
+    """DescribeGroups, OffsetFetch (v1 and v8) and DeleteGroups of groups
+    that do not exist, sent to their coordinator, answer as Kafka does for
+    an unknown group (Dead; offset -1; GROUP_ID_NOT_FOUND) and leave no
+    group lease key behind; once offsets are committed the group is found
+    and can be deleted."""
+    topic = "cg-lk-%s" % uuid.uuid4().hex[:6]
+    create_topic(cluster, topic, 2)
+    groups = ["cg-none-%s-%d" % (uuid.uuid4().hex[:6], i) for i in range(6)]
+    for group in groups:
+        coord = cluster.by_id(group_coordinator(group))
+        with gconn(coord) as c:
+            (d,) = ogr.describe_groups(c, 5, [group], include_ops=True)
+            assert (d["error_code"], d["state"], d["members"]) == (NONE, "Dead", []), d
+            assert ogr.offset_fetch_v1(c, group, topic, [0, 1]) == {0: (-1, "", NONE), 1: (-1, "", NONE)}
+            assert offset_fetch_v8(c, group, topic, [0, 1]) == (NONE, {0: (-1, NONE), 1: (-1, NONE)})
+            assert ogr.delete_groups(c, 2, [group]) == [(group, GROUP_ID_NOT_FOUND)]
+    leases = cluster.etcd.keys("/kafscale/group-leases/")
+    assert not [k for k in leases if any(g in str(k) for g in groups)], leases
+
+    # Offsets committed (a commit acquires the group): found, deletable.
+    group = groups[0]
+    coord = cluster.by_id(group_coordinator(group))
+    with gconn(coord) as c:
+        assert ogr.offset_commit_v2(c, group, topic, {0: 7, 1: 8}) == {0: NONE, 1: NONE}
+    with gconn(coord) as c:
+        assert {p: (o, e) for p, (o, _, e) in ogr.offset_fetch_v1(c, group, topic, [0, 1]).items()} == \
+            {0: (7, NONE), 1: (8, NONE)}
+        assert ogr.delete_groups(c, 2, [group]) == [(group, NONE)]
 
 
 # ---------------------------------------------------------------------------
