@@ -2193,6 +2193,10 @@ static void enforce_partition(ks_log_t *log, ks_partition_t *p)
         int32_t epochs[64];
         int n = 0;
         pthread_mutex_lock(&p->lock);
+        /* Idempotent producers inactive for producer.id.expiration.ms are
+         * forgotten, as Kafka does (a restart would not rebuild them). */
+        if (p->serving)
+                ks_producers_expire(&p->producers, wall - KS_PRODUCER_EXPIRATION_MS);
         int64_t total = 0;
         for (int i = 0; i < p->nsegs; i++)
                 total += p->segs[i].m.size_bytes;

@@ -94,7 +94,8 @@ void ks_log_topic_configure(ks_log_t *log, const ks_topic_t *t);
  * or the high watermark) and then from the object store.  The same pass
  * deletes, for the partitions served here, orphan segment objects: below
  * the committed end offset and not in the manifest (uploads whose commit
- * failed, deletions that failed).  The log also does this every
+ * failed, deletions that failed), and forgets idempotent producers idle
+ * for KS_PRODUCER_EXPIRATION_MS.  The log also does this every
  * retention_check_ms on its own.  BLOCKING. */
 void ks_log_enforce_retention(ks_log_t *log);
 
