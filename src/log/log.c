@@ -361,7 +361,6 @@ static ks_err_t segdata_from_body(ks_objbuf_t *ob, uint8_t *body, size_t len, in
                 segdata_note_batch(d, &bi, bi.base_offset, pos);
                 pos += bi.size;
         }
-        free(d->buf); /* segdata_reserve's empty first block */
         d->alloc = alloc;
         d->buf = body;
         d->len = d->cap = len;
@@ -2271,42 +2270,32 @@ static void sweep_orphans(ks_log_t *log, ks_partition_t *p)
 {
         pthread_mutex_lock(&p->lock);
         bool mine = p->serving && !p->dropped;
-        int64_t hwm = p->hwm;
-        int n = p->nsegs;
-        int64_t *bases = mine ? malloc((size_t)(n ? n : 1) * sizeof(*bases)) : NULL;
-        int32_t *epochs = mine ? malloc((size_t)(n ? n : 1) * sizeof(*epochs)) : NULL;
-        for (int i = 0; bases && epochs && i < n; i++) {
-                bases[i] = p->segs[i].m.base_offset;
-                epochs[i] = p->segs[i].m.leader_epoch;
-        }
         pthread_mutex_unlock(&p->lock);
         char prefix[512];
         int pl = snprintf(prefix, sizeof(prefix), "%s/%s/%d/", log->ns, p->topic, p->index);
         ks_objlist_t l = { 0 };
-        if (!bases || !epochs || pl < 0 || (size_t)pl >= sizeof(prefix) ||
-            ks_objstore_list(log->store, prefix, &l) != 0) {
-                free(bases);
-                free(epochs);
+        if (!mine || pl < 0 || (size_t)pl >= sizeof(prefix) || ks_objstore_list(log->store, prefix, &l) != 0)
                 return;
-        }
         int deleted = 0, failed = 0;
+        int64_t hwm = 0;
         for (size_t k = 0; k < l.count; k++) {
                 int64_t base;
                 int32_t epoch;
                 const char *key = l.items[k].key;
-                if (strchr(key + pl, '/') || ks_segment_key_parse(key, &base, &epoch, NULL) != 0 || base >= hwm)
-                        continue; /* not a segment of this partition, or maybe in flight */
-                int lo = 0, hi = n; /* the manifest entry at `base`, if any */
-                while (lo < hi) {
-                        int mid = lo + (hi - lo) / 2;
-                        if (bases[mid] < base)
-                                lo = mid + 1;
-                        else
-                                hi = mid;
-                }
-                if (lo < n && bases[lo] == base && epochs[lo] == epoch)
-                        continue; /* committed */
-                if (ks_objstore_del(log->store, l.items[k].key) == 0)
+                if (strchr(key + pl, '/') || ks_segment_key_parse(key, &base, &epoch, NULL) != 0)
+                        continue; /* not a segment of this partition */
+                /* The end offset and the manifest change together under
+                 * the lock: a key below the one and not in the other is
+                 * an orphan. */
+                pthread_mutex_lock(&p->lock);
+                int i = seg_find_locked(p, base);
+                hwm = p->hwm;
+                bool keep = base >= hwm || (i >= 0 && p->segs[i].m.base_offset == base &&
+                                               p->segs[i].m.leader_epoch == epoch);
+                pthread_mutex_unlock(&p->lock);
+                if (keep)
+                        continue; /* committed, or maybe an upload in flight */
+                if (ks_objstore_del(log->store, key) == 0)
                         deleted++;
                 else
                         failed++;
@@ -2315,8 +2304,6 @@ static void sweep_orphans(ks_log_t *log, ks_partition_t *p)
                 ks_log_info("orphan_objects_deleted", "topic=%s partition=%d objects=%d failed=%d committed_end=%lld",
                             p->topic, p->index, deleted, failed, (long long)hwm);
         ks_objlist_free(&l);
-        free(bases);
-        free(epochs);
 }
 
 void ks_log_enforce_retention(ks_log_t *log)

@@ -1003,20 +1003,29 @@ def test_pipelined_beyond_the_inflight_cap_are_all_answered(broker):
     with kw.Conn(broker.host, broker.port, timeout=10.0) as c:
         raw.create_topic(c, topic)
     n = 40
+
+    def answers_in_order(s, what, within=10.0):
+        """The Reader of each of the n answers on s, correlation ids 1..n in
+        order, all within `within` seconds."""
+        t0 = time.monotonic()
+        for i in range(n):
+            left = within - (time.monotonic() - t0)
+            assert left > 0, "only %d of %d pipelined %s requests answered in 10 s" % (i, n, what)
+            try:
+                r = kw.Reader(kw.recv_frame(s, timeout=left))
+            except socket.timeout:
+                pytest.fail("only %d of %d pipelined %s requests answered in 10 s" % (i, n, what))
+            assert r.int32() == i + 1
+            yield r
+
     s = kw.connect(broker.host, broker.port)
     try:
         body = raw.fetch_body(12, [(topic, 0, 0, 1 << 20)], max_wait_ms=100, min_bytes=1)
         kw.send_all(s, b"".join(req_frame(kw.FETCH, 12, i + 1, body, client_id="pipeliner")
                                 for i in range(n)))
         t0 = time.monotonic()
-        for i in range(n):
-            left = 10.0 - (time.monotonic() - t0)
-            assert left > 0, "only %d of %d pipelined fetch requests answered in 10 s" % (i, n)
-            try:
-                r = kw.Reader(kw.recv_frame(s, timeout=left))
-            except socket.timeout:
-                pytest.fail("only %d of %d pipelined fetch requests answered in 10 s" % (i, n))
-            assert r.int32() == i + 1
+        for _ in answers_in_order(s, "fetch"):
+            pass
         took = time.monotonic() - t0
         # 4 at a time, each parked 100 ms: at least ~10 rounds.
         assert took >= 0.9, "40 parked fetches answered in %.2f s: more than 4 were taken at once" % took
@@ -1032,14 +1041,7 @@ def test_pipelined_beyond_the_inflight_cap_are_all_answered(broker):
         kw.send_all(s, b"".join(frames))
         t0 = time.monotonic()
         bases = []
-        for i in range(n):
-            left = 10.0 - (time.monotonic() - t0)
-            assert left > 0, "only %d of %d pipelined produce requests answered in 10 s" % (i, n)
-            try:
-                r = kw.Reader(kw.recv_frame(s, timeout=left))
-            except socket.timeout:
-                pytest.fail("only %d of %d pipelined produce requests answered in 10 s" % (i, n))
-            assert r.int32() == i + 1
+        for r in answers_in_order(s, "produce"):
             r.skip_tagged_fields()
             res = raw.decode_produce(r, 9)
             assert res[(topic, 0)]["error_code"] == 0, res
